@@ -1,0 +1,458 @@
+//! The configuration model shared by `config.toml` and (later) the admin API.
+//!
+//! Parsing only checks shapes (unknown keys are errors); [`Config::validate`] checks meaning
+//! (references, duplicates, compilable filters, route conflicts) and reports every problem with
+//! the dotted key it belongs to, so the shell can turn it into `file:line: key: message`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::Preprocessor;
+use crate::triggers::{TriggerConfig, TriggerSpec};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub runnables: BTreeMap<String, RunnableConfig>,
+    #[serde(default)]
+    pub triggers: Vec<TriggerConfig>,
+}
+
+/// `[server]`: the shared listener for webhooks and HTTP routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// How long a `mode = "sync"` request waits for its job before answering 504.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            body_limit: 10 * 1024 * 1024,
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[store]`: where sled keeps the durable state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Finished job records older than this are removed.
+    #[serde(with = "humantime_serde")]
+    pub job_retention: Duration,
+    /// At most this many finished job records are kept (oldest removed first).
+    pub max_jobs: usize,
+    /// How long an event id is remembered to drop redeliveries and repeated idempotency keys.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data"),
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            max_jobs: 100_000,
+            dedup_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[router]`: the runner pool and the defaults every trigger inherits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Number of runner actors, i.e. jobs running at once across all runnables.
+    pub runners: usize,
+    /// Jobs of one trigger that may be queued or running before the trigger pushes back.
+    pub max_in_flight: usize,
+    /// Default retry policy for triggers that set none.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            runners: 8,
+            max_in_flight: 1000,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// `[supervisor]`: how failed trigger actors are restarted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    #[serde(with = "humantime_serde")]
+    pub restart_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_max: Duration,
+    /// A trigger that stayed up this long has its backoff reset.
+    #[serde(with = "humantime_serde")]
+    pub stable_after: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            restart_initial: Duration::from_secs(1),
+            restart_max: Duration::from_secs(300),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `retry = { attempts, initial, max }`: exponential backoff with full jitter between attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Total number of runs, the first included. 1 means no retry.
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next_attempt` (2 = first retry): `initial * 2^(n-2)` capped at
+    /// `max`, then jittered into [50%, 100%] so that a burst of failures does not retry in step.
+    pub fn delay(&self, next_attempt: u32) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(30);
+        let base = self
+            .initial
+            .saturating_mul(1u32 << exp)
+            .min(self.max.max(self.initial));
+        let factor = 0.5 + rand::random::<f64>() * 0.5;
+        base.mul_f64(factor)
+    }
+}
+
+/// `[runnables.<name>]`: what a job runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnableConfig {
+    /// `command` or `http`; inferred from `command` / `url` when absent.
+    #[serde(default)]
+    pub kind: Option<RunnableKind>,
+    /// Program and arguments; the job's args arrive as JSON on stdin.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Endpoint that receives the job's args as a JSON POST.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_runnable_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Jobs of this runnable running at once (unbounded, i.e. the runner pool, when absent).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+fn default_runnable_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnableKind {
+    Command,
+    Http,
+}
+
+impl RunnableConfig {
+    pub fn resolved_kind(&self) -> Result<RunnableKind, String> {
+        match (self.kind, &self.command, &self.url) {
+            (Some(RunnableKind::Command), Some(_), None) | (None, Some(_), None) => {
+                Ok(RunnableKind::Command)
+            }
+            (Some(RunnableKind::Http), None, Some(_)) | (None, None, Some(_)) => {
+                Ok(RunnableKind::Http)
+            }
+            (_, Some(_), Some(_)) => Err("set either `command` or `url`, not both".into()),
+            (Some(RunnableKind::Command), None, _) => {
+                Err("a command runnable needs `command = [\"program\", \"arg\", …]`".into())
+            }
+            (Some(RunnableKind::Http), _, None) => Err("an http runnable needs `url`".into()),
+            (None, None, None) => Err("a runnable needs `command` or `url`".into()),
+        }
+    }
+}
+
+/// `preprocessor = { jq = "..." }` or `preprocessor = { command = [...] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessorConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jq: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+/// One problem found in a configuration, with the dotted key it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub section: Section,
+    /// Key inside the section, dotted for nested keys (`preprocessor.jq`), empty for the whole section.
+    pub key: String,
+    pub message: String,
+}
+
+/// Where an issue lives, so that the loader can find its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Section {
+    Top(String),
+    Runnable(String),
+    /// Index in `[[triggers]]` and the trigger's name.
+    Trigger(usize, String),
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = match &self.section {
+            Section::Top(s) if self.key.is_empty() => s.clone(),
+            Section::Top(s) => format!("{s}.{}", self.key),
+            Section::Runnable(n) if self.key.is_empty() => format!("runnables.{n}"),
+            Section::Runnable(n) => format!("runnables.{n}.{}", self.key),
+            Section::Trigger(i, n) if self.key.is_empty() => format!("triggers[{i}] ({n})"),
+            Section::Trigger(i, n) => format!("triggers[{i}] ({n}).{}", self.key),
+        };
+        write!(f, "{key}: {}", self.message)
+    }
+}
+
+impl Config {
+    /// Checks everything a parse cannot: references, duplicates, compilable filters, routes.
+    pub fn validate(&self) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let top = |key: &str, message: String| ConfigIssue {
+            section: Section::Top("".into()),
+            key: key.into(),
+            message,
+        };
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            issues.push(top(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            ));
+        }
+        if self.router.runners == 0 {
+            issues.push(top("router.runners", "must be at least 1".into()));
+        }
+        if self.router.max_in_flight == 0 {
+            issues.push(top("router.max_in_flight", "must be at least 1".into()));
+        }
+        if let Err(m) = validate_retry(&self.router.retry) {
+            issues.push(top("router.retry", m));
+        }
+        for (name, runnable) in &self.runnables {
+            let issue = |key: &str, message: String| ConfigIssue {
+                section: Section::Runnable(name.clone()),
+                key: key.into(),
+                message,
+            };
+            match runnable.resolved_kind() {
+                Err(m) => issues.push(issue("", m)),
+                Ok(RunnableKind::Command) => {
+                    if runnable.command.as_ref().is_some_and(|c| c.is_empty()) {
+                        issues.push(issue("command", "must name a program".into()));
+                    }
+                }
+                Ok(RunnableKind::Http) => {
+                    let url = runnable.url.as_deref().unwrap_or_default();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        issues.push(issue("url", format!("`{url}` is not an http(s) URL")));
+                    }
+                }
+            }
+            if runnable.concurrency == Some(0) {
+                issues.push(issue("concurrency", "must be at least 1".into()));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut routes = crate::triggers::http::RouteTable::default();
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            issues.extend(self.validate_trigger(trigger, &mut routes).into_iter().map(
+                |(key, message)| ConfigIssue {
+                    section: Section::Trigger(i, trigger.common.name.clone()),
+                    key,
+                    message,
+                },
+            ));
+            if !names.insert(trigger.common.name.clone()) {
+                issues.push(ConfigIssue {
+                    section: Section::Trigger(i, trigger.common.name.clone()),
+                    key: "name".into(),
+                    message: format!("duplicate trigger name `{}`", trigger.common.name),
+                });
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Checks one trigger against this config (its runnable must exist). Returns (key, message)
+    /// pairs. `routes` collects HTTP routes so that conflicts between triggers are found.
+    pub fn validate_trigger(
+        &self,
+        trigger: &TriggerConfig,
+        routes: &mut crate::triggers::http::RouteTable,
+    ) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        let c = &trigger.common;
+        if c.name.is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            issues.push((
+                "name".into(),
+                format!(
+                    "`{}` is not a valid name (use letters, digits, `-`, `_`, `.`)",
+                    c.name
+                ),
+            ));
+        }
+        if !self.runnables.contains_key(&c.runnable) {
+            let known: Vec<_> = self.runnables.keys().map(String::as_str).collect();
+            issues.push((
+                "runnable".into(),
+                format!(
+                    "unknown runnable `{}` (defined: {})",
+                    c.runnable,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(p) = &c.preprocessor {
+            if let Err((key, m)) = Preprocessor::compile(p) {
+                issues.push((format!("preprocessor.{key}"), m));
+            }
+        }
+        if let Some(order_by) = &c.order_by {
+            if let Err(m) = crate::preprocess::JqFilter::compile(order_by) {
+                issues.push(("order_by".into(), m));
+            }
+        }
+        if let Some(retry) = &c.retry {
+            if let Err(m) = validate_retry(retry) {
+                issues.push(("retry".into(), m));
+            }
+        }
+        if c.max_in_flight == Some(0) {
+            issues.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        match &trigger.spec {
+            TriggerSpec::Webhook(w) => issues.extend(w.validate()),
+            TriggerSpec::Http(h) => issues.extend(h.validate(&c.name, routes)),
+        }
+        issues
+    }
+
+    pub fn retry_for(&self, trigger: &TriggerConfig) -> RetryPolicy {
+        trigger
+            .common
+            .retry
+            .clone()
+            .unwrap_or_else(|| self.router.retry.clone())
+    }
+}
+
+fn validate_retry(r: &RetryPolicy) -> Result<(), String> {
+    if r.attempts == 0 {
+        return Err("attempts must be at least 1 (1 = no retry)".into());
+    }
+    if r.max < r.initial {
+        return Err("max must not be shorter than initial".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        };
+        for _ in 0..50 {
+            let d2 = p.delay(2);
+            assert!(d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(100));
+            let d3 = p.delay(3);
+            assert!(d3 >= Duration::from_millis(100) && d3 <= Duration::from_millis(200));
+            let d9 = p.delay(9);
+            assert!(d9 >= Duration::from_millis(200) && d9 <= Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn runnable_kind_is_inferred_and_conflicts_are_errors() {
+        let mut r = RunnableConfig {
+            command: Some(vec!["true".into()]),
+            ..Default::default()
+        };
+        assert_eq!(r.resolved_kind(), Ok(RunnableKind::Command));
+        r.url = Some("http://x".into());
+        assert!(r.resolved_kind().unwrap_err().contains("not both"));
+        r.command = None;
+        assert_eq!(r.resolved_kind(), Ok(RunnableKind::Http));
+    }
+}

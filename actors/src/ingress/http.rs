@@ -1,0 +1,296 @@
+//! The shared HTTP listener: `POST /hooks/{name}` for webhooks, custom routes for http
+//! triggers, `GET /jobs/{id}` for a job's outcome, `GET /healthz`.
+//!
+//! The ingress only finds the trigger and reads the body within the size limit; the trigger's
+//! actor decides everything else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ractor::rpc::CallResult;
+use serde_json::{json, Value};
+
+use crate::store::Store;
+use crate::supervisor::Registry;
+use crate::triggers::http_auth::HttpAuth;
+use crate::triggers::push::{IncomingRequest, PushMsg, PushResponse};
+use crate::triggers::{TriggerSpec, TriggerState};
+
+#[derive(Clone)]
+pub struct IngressState {
+    pub registry: Arc<Registry>,
+    pub store: Store,
+    pub body_limit: usize,
+    pub sync_timeout: Duration,
+}
+
+pub fn app(state: IngressState) -> Router {
+    Router::new()
+        .route("/hooks/{name}", post(webhook))
+        .route("/jobs/{id}", get(job))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(route)
+        .with_state(state)
+}
+
+fn reply(r: PushResponse) -> Response {
+    let mut resp = (r.status, axum::Json(r.body)).into_response();
+    if let Some(secs) = r.retry_after {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    reply(PushResponse::error(status, code, message))
+}
+
+async fn webhook(
+    State(state): State<IngressState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    let is_webhook = state
+        .registry
+        .get(&name)
+        .is_some_and(|e| matches!(e.runtime.config.spec, TriggerSpec::Webhook(_)));
+    if !is_webhook {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no webhook trigger named `{name}`"),
+        );
+    }
+    dispatch(&state, &name, req, Default::default()).await
+}
+
+async fn route(State(state): State<IngressState>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    match state.registry.route(req.method(), &path) {
+        Some((name, params)) => dispatch(&state, &name, req, params).await,
+        None if state.registry.route_path_exists(&path) => err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not served on {path}", req.method()),
+        ),
+        None => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {} {path}", req.method()),
+        ),
+    }
+}
+
+async fn dispatch(
+    state: &IngressState,
+    name: &str,
+    req: Request,
+    params: std::collections::BTreeMap<String, String>,
+) -> Response {
+    let Some(entry) = state.registry.get(name) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no trigger named `{name}`"),
+        );
+    };
+    let actor = match (entry.runtime.state(), entry.push_actor()) {
+        (TriggerState::Disabled, _) => {
+            return err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "disabled",
+                format!("trigger `{name}` is disabled"),
+            )
+        }
+        (
+            TriggerState::BackingOff {
+                last_error,
+                retry_in,
+                ..
+            },
+            _,
+        ) => {
+            let mut r = PushResponse::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restarting",
+                format!(
+                    "trigger `{name}` is restarting after an error ({last_error}); retry later"
+                ),
+            );
+            r.retry_after = Some(retry_in.as_secs().max(1));
+            return reply(r);
+        }
+        (_, Some(actor)) => actor,
+        (_, None) => {
+            let mut r = PushResponse::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                format!("trigger `{name}` is starting; retry shortly"),
+            );
+            r.retry_after = Some(1);
+            return reply(r);
+        }
+    };
+    let incoming = match read_request(req, params, state.body_limit).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let wait = state
+        .sync_timeout
+        .max(sync_timeout_of(&entry.runtime.config.spec))
+        + Duration::from_secs(10);
+    match actor
+        .call(
+            |port| PushMsg::Request(Box::new(incoming), port),
+            Some(wait),
+        )
+        .await
+    {
+        Ok(CallResult::Success(r)) => reply(r),
+        Ok(CallResult::Timeout) => err(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("trigger `{name}` did not answer in time"),
+        ),
+        Ok(CallResult::SenderError) | Err(_) => {
+            let mut r = PushResponse::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restarting",
+                format!("trigger `{name}` failed while handling the request and is restarting; retry later"),
+            );
+            r.retry_after = Some(1);
+            reply(r)
+        }
+    }
+}
+
+fn sync_timeout_of(spec: &TriggerSpec) -> Duration {
+    match spec {
+        TriggerSpec::Webhook(w) => w.sync_timeout.unwrap_or_default(),
+        TriggerSpec::Http(h) => h.sync_timeout.unwrap_or_default(),
+    }
+}
+
+async fn read_request(
+    req: Request,
+    params: std::collections::BTreeMap<String, String>,
+    limit: usize,
+) -> Result<IncomingRequest, Response> {
+    let (parts, body): (_, Body) = req.into_parts();
+    let too_large = || {
+        err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body is larger than the limit of {limit} bytes ([server] body_limit)"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            return Err(if over {
+                too_large()
+            } else {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("could not read the body: {e}"),
+                )
+            });
+        }
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default();
+    Ok(IncomingRequest {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query,
+        headers: parts.headers,
+        body,
+        params,
+    })
+}
+
+/// `GET /jobs/{id}`: the job's status and outcome, for whoever holds the credentials of the
+/// trigger that created it.
+async fn job(State(state): State<IngressState>, Path(id): Path<String>, req: Request) -> Response {
+    let Ok(job_id) = id.parse::<crate::job::JobId>() else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_job_id",
+            format!("`{id}` is not a job id"),
+        );
+    };
+    let record = match state.store.get_job(job_id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    };
+    let Some(entry) = state.registry.get(&record.trigger) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "job {id} belongs to trigger `{}`, which no longer exists",
+                record.trigger
+            ),
+        );
+    };
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+        .unwrap_or_default();
+    let headers = req.headers();
+    let allowed = match &entry.runtime.config.spec {
+        TriggerSpec::Webhook(w) => w.check_token(headers, &query),
+        TriggerSpec::Http(h) => match &h.auth {
+            HttpAuth::Signature(_) => Err(
+                "jobs of signature-authenticated routes are not readable here; use the admin API"
+                    .to_string(),
+            ),
+            auth => auth
+                .verify(headers, b"", chrono::Utc::now().timestamp())
+                .map_err(|e| e.to_string()),
+        },
+    };
+    if let Err(m) = allowed {
+        return err(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    }
+    let body: Value = json!({
+        "job_id": record.job_id,
+        "trigger": record.trigger,
+        "kind": record.kind,
+        "runnable": record.runnable,
+        "event_id": record.event_id,
+        "status": record.status,
+        "result": record.result,
+        "error": record.error,
+        "attempts": record.attempts,
+        "args": record.args,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}

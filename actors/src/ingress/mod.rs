@@ -1,0 +1,3 @@
+//! Shared listeners that dispatch to trigger actors.
+
+pub mod http;

@@ -1,0 +1,19 @@
+//! millgate's actors: everything that runs as an actor, and the data that flows between them.
+//!
+//! Data path: source → trigger actor → [`triggers::Intake`] (dedup, preprocessor pool, durable
+//! queue) → [`router::JobRouter`] → runner pool → outcome → acknowledgement.
+
+pub mod config;
+pub mod event;
+pub mod ingress;
+pub mod job;
+pub mod preprocess;
+pub mod router;
+pub mod runners;
+pub mod service;
+pub mod store;
+pub mod supervisor;
+pub mod triggers;
+
+pub use config::Config;
+pub use service::{Service, ServiceError};

@@ -1,0 +1,413 @@
+//! The job router: takes durably queued jobs, keeps per-key order and per-runnable limits,
+//! hands runs to the runner pool, retries failures with backoff, dead-letters what keeps
+//! failing, and settles each job's acknowledgement once its outcome is on disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::config::RetryPolicy;
+use crate::job::{JobId, JobOutcome, JobRecord, JobStatus};
+use crate::runners::{self, RunContext, RunJob, RunReport, Runnable, RunnerPoolRef};
+use crate::store::Store;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+pub enum RouterMsg {
+    /// New jobs, already durable.
+    Submit(Vec<RoutedJob>),
+    /// A runner finished one run.
+    Finished(RunReport),
+    /// A failed job's backoff has passed.
+    RetryDue(JobId),
+    /// The runner pool to use (sent once at start: the pool is spawned after the router).
+    AttachPool(RunnerPoolRef),
+    Stats(RpcReplyPort<RouterStats>),
+}
+
+/// A job on its way to the router, with what the source needs to hear when it ends.
+pub struct RoutedJob {
+    pub record: JobRecord,
+    pub retry: RetryPolicy,
+    pub ack: AckHandle,
+    pub span: tracing::Span,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouterStats {
+    pub jobs_in_router: usize,
+    pub running: usize,
+    pub waiting_for_runnable: usize,
+    pub waiting_for_key: usize,
+    pub retrying: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledgements and waiters
+
+type SettleFn = Box<dyn FnOnce(&JobOutcome) + Send>;
+
+/// What a source needs done when its job's outcome is settled: a Kafka commit, a JetStream
+/// ack, a sync HTTP answer. Dropping it (settled or not) releases the trigger's in-flight slot.
+#[derive(Default)]
+pub struct AckHandle {
+    on_settle: Option<SettleFn>,
+    in_flight: Vec<Arc<AtomicUsize>>,
+}
+
+impl AckHandle {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn on_settle(f: impl FnOnce(&JobOutcome) + Send + 'static) -> Self {
+        Self {
+            on_settle: Some(Box::new(f)),
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Counts the job against a trigger's `max_in_flight` until the handle is dropped.
+    pub fn add_in_flight(&mut self, counter: Arc<AtomicUsize>) {
+        self.in_flight.push(counter);
+    }
+
+    pub fn settle(mut self, outcome: &JobOutcome) {
+        if let Some(f) = self.on_settle.take() {
+            f(outcome);
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        for c in &self.in_flight {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Whoever wants to hear when a job ends (sync requests, `GET /jobs/{id}?wait`).
+#[derive(Default)]
+pub struct Watchers {
+    waiting: Mutex<HashMap<JobId, Vec<oneshot::Sender<JobOutcome>>>>,
+}
+
+impl Watchers {
+    pub fn watch(&self, id: JobId) -> oneshot::Receiver<JobOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(id).or_default().push(tx);
+        rx
+    }
+
+    pub fn forget(&self, id: JobId) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = w.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(&id);
+            }
+        }
+    }
+
+    fn notify(&self, id: JobId, outcome: &JobOutcome) {
+        let list = {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            w.remove(&id)
+        };
+        for tx in list.into_iter().flatten() {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct JobRouter;
+
+pub struct RouterArgs {
+    pub store: Store,
+    pub runnables: HashMap<String, (Arc<Runnable>, Option<usize>)>,
+    pub watchers: Arc<Watchers>,
+}
+
+struct InFlight {
+    record: JobRecord,
+    retry: RetryPolicy,
+    ack: AckHandle,
+    span: tracing::Span,
+    retrying: bool,
+}
+
+#[derive(Default)]
+struct Gate {
+    running: usize,
+    limit: Option<usize>,
+    waiting: VecDeque<JobId>,
+}
+
+pub struct RouterState {
+    store: Store,
+    pool: Option<RunnerPoolRef>,
+    runnables: HashMap<String, Arc<Runnable>>,
+    gates: HashMap<String, Gate>,
+    keys: HashMap<String, VecDeque<JobId>>,
+    jobs: HashMap<JobId, InFlight>,
+    watchers: Arc<Watchers>,
+}
+
+impl Actor for JobRouter {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = RouterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        args: RouterArgs,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        let mut gates = HashMap::new();
+        let mut runnables = HashMap::new();
+        for (name, (r, limit)) in args.runnables {
+            gates.insert(
+                name.clone(),
+                Gate {
+                    limit,
+                    ..Default::default()
+                },
+            );
+            runnables.insert(name, r);
+        }
+        Ok(RouterState {
+            store: args.store,
+            pool: None,
+            runnables,
+            gates,
+            keys: HashMap::new(),
+            jobs: HashMap::new(),
+            watchers: args.watchers,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::AttachPool(pool) => state.pool = Some(pool),
+            RouterMsg::Submit(jobs) => {
+                for job in jobs {
+                    state.admit(job);
+                }
+            }
+            RouterMsg::Finished(report) => state.finished(&myself, report),
+            RouterMsg::RetryDue(id) => {
+                if let Some(j) = state.jobs.get_mut(&id) {
+                    j.retrying = false;
+                    state.ready(id);
+                }
+            }
+            RouterMsg::Stats(reply) => {
+                let _ = reply.send(state.stats());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RouterState {
+    fn admit(&mut self, job: RoutedJob) {
+        let id = job.record.job_id;
+        let key = job.record.order_key.clone();
+        self.jobs.insert(
+            id,
+            InFlight {
+                record: job.record,
+                retry: job.retry,
+                ack: job.ack,
+                span: job.span,
+                retrying: false,
+            },
+        );
+        if let Some(key) = key {
+            let queue = self.keys.entry(key).or_default();
+            queue.push_back(id);
+            if queue.len() > 1 {
+                // An earlier job with this key is still unsettled; this one waits its turn.
+                return;
+            }
+        }
+        self.ready(id);
+    }
+
+    /// The job may run as far as ordering is concerned; now the runnable's limit decides.
+    fn ready(&mut self, id: JobId) {
+        let Some(runnable) = self.jobs.get(&id).map(|j| j.record.runnable.clone()) else {
+            return;
+        };
+        let gate = self.gates.entry(runnable).or_default();
+        if gate.limit.is_some_and(|l| gate.running >= l) {
+            gate.waiting.push_back(id);
+            return;
+        }
+        gate.running += 1;
+        self.start(id);
+    }
+
+    fn start(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(runnable) = self.runnables.get(&job.record.runnable).cloned() else {
+            let name = job.record.runnable.clone();
+            if let Some(g) = self.gates.get_mut(&name) {
+                g.running = g.running.saturating_sub(1);
+            }
+            self.settle(
+                id,
+                JobStatus::DeadLettered,
+                Err(format!("runnable `{name}` is not configured")),
+            );
+            return;
+        };
+        job.record.attempts += 1;
+        job.record.status = JobStatus::Running;
+        job.record.started_at = Some(Utc::now());
+        if let Err(e) = self.store.put_job(&job.record) {
+            tracing::warn!(job_id = %id, error = %e, "could not record job start");
+        }
+        let run = RunJob {
+            ctx: RunContext {
+                job_id: id,
+                trigger: job.record.trigger.clone(),
+                event_id: job.record.event_id.clone(),
+                attempt: job.record.attempts,
+            },
+            args: job.record.args.clone(),
+            runnable,
+            span: job.span.clone(),
+        };
+        let key = job
+            .record
+            .order_key
+            .clone()
+            .unwrap_or_else(|| id.to_string());
+        match &self.pool {
+            Some(pool) => {
+                if let Err(e) = runners::dispatch(pool, key, run) {
+                    tracing::error!(job_id = %id, error = %e, "runner pool refused the job; it stays queued for the next start");
+                }
+            }
+            None => {
+                tracing::error!(job_id = %id, "no runner pool attached; the job stays queued for the next start")
+            }
+        }
+    }
+
+    fn finished(&mut self, myself: &ActorRef<RouterMsg>, report: RunReport) {
+        let id = report.job_id;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            tracing::warn!(job_id = %id, "outcome for a job the router does not hold");
+            return;
+        };
+        let runnable = job.record.runnable.clone();
+        if let Some(gate) = self.gates.get_mut(&runnable) {
+            gate.running = gate.running.saturating_sub(1);
+            if let Some(next) = gate.waiting.pop_front() {
+                gate.running += 1;
+                self.start(next);
+            }
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        match report.result {
+            Ok(result) => self.settle(id, JobStatus::Succeeded, Ok(result)),
+            Err(e) if report.attempt < job.retry.attempts => {
+                let delay = job.retry.delay(report.attempt + 1);
+                job.record.status = JobStatus::Retrying;
+                job.record.error = Some(e.0.clone());
+                job.retrying = true;
+                job.span.in_scope(|| {
+                    tracing::info!(attempt = report.attempt, retry_in = ?delay, error = %e, "job failed; will retry")
+                });
+                if let Err(err) = self.store.put_job(&job.record) {
+                    tracing::warn!(job_id = %id, error = %err, "could not record retry");
+                }
+                myself.send_after(delay, move || RouterMsg::RetryDue(id));
+            }
+            Err(e) => self.settle(id, JobStatus::DeadLettered, Err(e.0)),
+        }
+    }
+
+    /// Records the final outcome, releases the job's order key and, once the record is on
+    /// disk, acknowledges the source and wakes waiters.
+    fn settle(&mut self, id: JobId, status: JobStatus, result: Result<serde_json::Value, String>) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        let (value, error) = match &result {
+            Ok(v) => (Some(v.clone()), None),
+            Err(e) => (None, Some(e.clone())),
+        };
+        if let Err(e) = self.store.finish(id, status, value, error) {
+            tracing::error!(job_id = %id, error = %e, "could not record the job's outcome");
+        }
+        let outcome = match result {
+            Ok(v) => JobOutcome::Succeeded(v),
+            Err(e) => JobOutcome::DeadLettered(e),
+        };
+        job.span.in_scope(|| match &outcome {
+            JobOutcome::Succeeded(_) => {
+                tracing::info!(attempts = job.record.attempts, "job succeeded")
+            }
+            JobOutcome::DeadLettered(e) => {
+                tracing::warn!(attempts = job.record.attempts, error = %e, "job dead-lettered")
+            }
+        });
+        if let Some(key) = &job.record.order_key {
+            if let Some(queue) = self.keys.get_mut(key) {
+                queue.retain(|j| *j != id);
+                match queue.front().copied() {
+                    Some(next) => self.ready(next),
+                    None => {
+                        self.keys.remove(key);
+                    }
+                }
+            }
+        }
+        let store = self.store.clone();
+        let watchers = self.watchers.clone();
+        let ack = job.ack;
+        tokio::spawn(async move {
+            if let Err(e) = store.commit().await {
+                // Not acknowledging is the safe side: the source will redeliver.
+                tracing::error!(job_id = %id, error = %e, "outcome not durable; source not acknowledged");
+                drop(ack);
+                return;
+            }
+            ack.settle(&outcome);
+            watchers.notify(id, &outcome);
+        });
+    }
+
+    fn stats(&self) -> RouterStats {
+        RouterStats {
+            jobs_in_router: self.jobs.len(),
+            running: self.gates.values().map(|g| g.running).sum(),
+            waiting_for_runnable: self.gates.values().map(|g| g.waiting.len()).sum(),
+            waiting_for_key: self.keys.values().map(|q| q.len().saturating_sub(1)).sum(),
+            retrying: self.jobs.values().filter(|j| j.retrying).count(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `command` runnables: a program gets the job's args as JSON on stdin; its stdout, parsed as
+//! JSON when it is JSON and kept as a string otherwise, is the result.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{RunContext, RunError};
+
+/// Longest stdout kept as a result; the rest is cut (and the job fails, since the JSON would be
+/// cut too).
+const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// How much of stderr is kept in a failure message.
+const STDERR_TAIL: usize = 2048;
+
+/// A program to run: used by command runnables and command preprocessors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ProcessOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start `{program}`: {reason}")]
+    Spawn { program: String, reason: String },
+    #[error("timed out after {0:?}; its process group was killed")]
+    Timeout(Duration),
+    #[error("exited with {status}: {stderr_tail}")]
+    Exit { status: String, stderr_tail: String },
+    #[error("i/o with the process failed: {0}")]
+    Io(String),
+    #[error("stdout exceeded {MAX_STDOUT} bytes")]
+    TooMuchOutput,
+}
+
+/// Runs `spec` with `stdin`, in its own process group so that a timeout kills the whole tree
+/// (a shell's children included), not just the direct child.
+pub async fn run_process(
+    spec: &ProcessSpec,
+    stdin: &[u8],
+    extra_env: &[(&str, String)],
+) -> Result<ProcessOutput, ProcessError> {
+    let (program, args) = spec.command.split_first().ok_or(ProcessError::Spawn {
+        program: String::new(),
+        reason: "empty command".into(),
+    })?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(&spec.env)
+        .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn().map_err(|e| ProcessError::Spawn {
+        program: program.clone(),
+        reason: e.to_string(),
+    })?;
+    let pid = child.id();
+    let mut child_stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let input = stdin.to_vec();
+    let io = async move {
+        let write = async {
+            if let Some(mut s) = child_stdin.take() {
+                // A program that does not read its stdin is fine: ignore the broken pipe.
+                let _ = s.write_all(&input).await;
+                let _ = s.shutdown().await;
+            }
+        };
+        let read_out = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                s.take(MAX_STDOUT as u64 + 1).read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                s.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let ((), out, err) = tokio::join!(write, read_out, read_err);
+        let status = child.wait().await;
+        (out, err, status)
+    };
+    let (out, err, status) = match tokio::time::timeout(spec.timeout, io).await {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(pid) = pid {
+                // SAFETY-free FFI: killpg on the group we created; ESRCH (already gone) is fine.
+                unsafe {
+                    libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+            return Err(ProcessError::Timeout(spec.timeout));
+        }
+    };
+    let stdout = out.map_err(|e| ProcessError::Io(e.to_string()))?;
+    let stderr = err.map_err(|e| ProcessError::Io(e.to_string()))?;
+    let status = status.map_err(|e| ProcessError::Io(e.to_string()))?;
+    if stdout.len() > MAX_STDOUT {
+        return Err(ProcessError::TooMuchOutput);
+    }
+    if !status.success() {
+        return Err(ProcessError::Exit {
+            status: status.to_string(),
+            stderr_tail: tail(&stderr, STDERR_TAIL),
+        });
+    }
+    Ok(ProcessOutput { stdout, stderr })
+}
+
+fn tail(bytes: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(n)..]);
+    s.trim().to_string()
+}
+
+/// A configured command runnable.
+#[derive(Debug, Clone)]
+pub struct CommandRunnable {
+    pub spec: ProcessSpec,
+}
+
+impl CommandRunnable {
+    pub async fn run(&self, ctx: &RunContext, args: &Value) -> Result<Value, RunError> {
+        let stdin = serde_json::to_vec(args).map_err(|e| RunError(e.to_string()))?;
+        let out = run_process(&self.spec, &stdin, &ctx.env())
+            .await
+            .map_err(|e| RunError(e.to_string()))?;
+        Ok(parse_output(&out.stdout))
+    }
+}
+
+/// Stdout as JSON when it is JSON, else as a string (trailing newline dropped).
+pub fn parse_output(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(text.trim_end().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str, timeout_ms: u64) -> ProcessSpec {
+        ProcessSpec {
+            command: vec!["sh".into(), "-c".into(), cmd.into()],
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn stdin_in_stdout_out() {
+        let out = run_process(&spec("cat", 5000), b"{\"a\":1}", &[])
+            .await
+            .unwrap();
+        assert_eq!(parse_output(&out.stdout), serde_json::json!({"a": 1}));
+        let out = run_process(&spec("echo hello", 5000), b"", &[])
+            .await
+            .unwrap();
+        assert_eq!(parse_output(&out.stdout), Value::String("hello".into()));
+    }
+
+    #[tokio::test]
+    async fn failure_carries_stderr_tail() {
+        let err = run_process(&spec("echo oops >&2; exit 3", 5000), b"", &[])
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("oops") && msg.contains('3'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        // The grandchild would write the marker after 1 s if it survived the kill.
+        let cmd = format!("(sleep 1; touch {}) & sleep 10", marker.display());
+        let err = run_process(&spec(&cmd, 200), b"", &[]).await.unwrap_err();
+        assert!(matches!(err, ProcessError::Timeout(_)));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "grandchild survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let s = ProcessSpec {
+            command: vec!["/nonexistent/prog".into()],
+            ..spec("", 1000)
+        };
+        assert!(matches!(
+            run_process(&s, b"", &[]).await.unwrap_err(),
+            ProcessError::Spawn { .. }
+        ));
+    }
+}

@@ -1,0 +1,239 @@
+//! Starting and stopping the whole service: store, supervision tree, ingress listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::ingress::http::{app, IngressState};
+use crate::preprocess::PreprocessorPool;
+use crate::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
+use crate::runners::{self, Runnable};
+use crate::store::{Store, StoreError};
+use crate::supervisor::{
+    Registry, RootMsg, RootSupervisor, SupervisorMsg, TriggerSupervisor, TriggerSupervisorArgs,
+};
+use crate::triggers::Intake;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid configuration:\n{0}")]
+    Config(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start actor: {0}")]
+    Spawn(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+/// A running millgate.
+pub struct Service {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub router: ActorRef<RouterMsg>,
+    pub triggers: ActorRef<SupervisorMsg>,
+    pub watchers: Arc<Watchers>,
+    /// Where the webhook/route listener is bound (useful with port 0).
+    pub addr: SocketAddr,
+    root: ActorRef<RootMsg>,
+    root_handle: JoinHandle<()>,
+    server: JoinHandle<()>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Service {
+    pub async fn start(config: Config) -> Result<Self, ServiceError> {
+        if let Err(issues) = config.validate() {
+            let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+            return Err(ServiceError::Config(text.join("\n")));
+        }
+        let config = Arc::new(config);
+        let store = Store::open(&config.store)?;
+        let spawn_err = |e: ractor::SpawnErr| ServiceError::Spawn(e.to_string());
+
+        let (root, root_handle) = Actor::spawn(Some("root".into()), RootSupervisor, ())
+            .await
+            .map_err(spawn_err)?;
+
+        let mut runnables = HashMap::new();
+        for (name, rc) in &config.runnables {
+            let r = Runnable::from_config(rc).map_err(ServiceError::Config)?;
+            runnables.insert(name.clone(), (Arc::new(r), rc.concurrency));
+        }
+        let watchers = Arc::new(Watchers::default());
+        let (router, _) = Actor::spawn_linked(
+            Some("job-router".into()),
+            JobRouter,
+            RouterArgs {
+                store: store.clone(),
+                runnables,
+                watchers: watchers.clone(),
+            },
+            root.get_cell(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        let pool = runners::spawn_pool(config.router.runners, router.clone(), root.get_cell())
+            .await
+            .map_err(spawn_err)?;
+        router
+            .cast(RouterMsg::AttachPool(pool))
+            .map_err(|e| ServiceError::Spawn(e.to_string()))?;
+        let preprocessors =
+            PreprocessorPool::spawn(config.router.runners.clamp(2, 16), root.get_cell())
+                .await
+                .map_err(spawn_err)?;
+        let intake = Intake {
+            store: store.clone(),
+            router: router.clone(),
+            preprocessors,
+        };
+        let registry = Arc::new(Registry::default());
+        let (triggers, _) = Actor::spawn_linked(
+            Some("trigger-supervisor".into()),
+            TriggerSupervisor,
+            TriggerSupervisorArgs {
+                config: config.clone(),
+                registry: registry.clone(),
+                intake,
+                watchers: watchers.clone(),
+            },
+            root.get_cell(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        for t in &config.triggers {
+            let name = t.common.name.clone();
+            let added = ractor::call!(
+                triggers,
+                crate::supervisor::SupervisorMsg::Add,
+                Box::new(t.clone())
+            )
+            .map_err(|e| ServiceError::Spawn(e.to_string()))?;
+            added.map_err(|e| ServiceError::Config(format!("trigger `{name}`: {e}")))?;
+        }
+
+        recover(&store, &registry, &router, &config)?;
+        store.spawn_sweeper(Duration::from_secs(60));
+
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|e| ServiceError::Listen {
+                addr: config.server.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let addr = listener.local_addr().map_err(|e| ServiceError::Listen {
+            addr: config.server.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let ingress = app(IngressState {
+            registry: registry.clone(),
+            store: store.clone(),
+            body_limit: config.server.body_limit,
+            sync_timeout: config.server.sync_timeout,
+        });
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, ingress)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "ingress listener failed");
+            }
+        });
+        tracing::info!(%addr, triggers = config.triggers.len(), "millgate listening");
+        Ok(Self {
+            config,
+            store,
+            registry,
+            router,
+            triggers,
+            watchers,
+            addr,
+            root,
+            root_handle,
+            server,
+            shutdown,
+        })
+    }
+
+    /// Fails a trigger's actor on purpose (supervision tests, chaos drills).
+    #[doc(hidden)]
+    pub fn inject_trigger_fault(&self, trigger: &str) {
+        let _ = self
+            .triggers
+            .cast(SupervisorMsg::InjectFault(trigger.to_string()));
+    }
+
+    /// Resolves when the supervision tree stops on its own (a core actor failed).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_handle).await;
+    }
+
+    /// Stops accepting requests, then stops the actors. Jobs still queued stay in the store
+    /// and run on the next start.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        self.root
+            .stop_children_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+        self.root.stop(None);
+        let _ = self.root_handle.await;
+        let _ = self.store.commit().await;
+    }
+}
+
+/// Dispatches the jobs that were queued or running when the process last stopped.
+fn recover(
+    store: &Store,
+    registry: &Registry,
+    router: &ActorRef<RouterMsg>,
+    config: &Config,
+) -> Result<(), ServiceError> {
+    let unfinished = store.unfinished()?;
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        jobs = unfinished.len(),
+        "dispatching jobs left unfinished by the last run"
+    );
+    let jobs = unfinished
+        .into_iter()
+        .map(|record| {
+            let mut ack = AckHandle::none();
+            let retry = match registry.get(&record.trigger) {
+                Some(entry) => {
+                    entry
+                        .runtime
+                        .in_flight
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    ack.add_in_flight(entry.runtime.in_flight.clone());
+                    entry.runtime.retry.clone()
+                }
+                None => config.router.retry.clone(),
+            };
+            let span = tracing::info_span!("event", trigger = %record.trigger, kind = %record.kind, event_id = %record.event_id, recovered = true);
+            RoutedJob {
+                record,
+                retry,
+                ack,
+                span,
+            }
+        })
+        .collect();
+    router
+        .cast(RouterMsg::Submit(jobs))
+        .map_err(|e| ServiceError::Spawn(e.to_string()))
+}

@@ -1,0 +1,339 @@
+//! The actor behind triggers that are pushed to over HTTP (webhook, http route).
+//!
+//! The shared HTTP ingress hands each request to the trigger's actor, which authenticates it,
+//! admits it against `max_in_flight`, builds the event and then lets a task carry it through
+//! the [`Intake`] so that the actor's mailbox never waits on a disk flush or a job. A panic in
+//! the actor (a bug on some input) fails only this trigger; its supervisor restarts it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::{Accepted, Intake, Mode, TriggerRuntime, TriggerSpec};
+use crate::event::Event;
+use crate::job::{JobId, JobOutcome};
+use crate::router::{AckHandle, Watchers};
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+pub enum PushMsg {
+    Request(Box<IncomingRequest>, RpcReplyPort<PushResponse>),
+    /// Fails the actor on purpose: used by supervision tests and chaos drills.
+    #[doc(hidden)]
+    InjectFault(String),
+}
+
+/// An HTTP request as the ingress received it (body already size-checked).
+#[derive(Debug, Clone)]
+pub struct IncomingRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Route parameters (http routes).
+    pub params: BTreeMap<String, String>,
+}
+
+/// What to answer.
+#[derive(Debug)]
+pub struct PushResponse {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    pub body: Value,
+}
+
+impl PushResponse {
+    pub fn json(status: StatusCode, body: Value) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            body,
+        }
+    }
+
+    pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self::json(status, error_body(code, message))
+    }
+}
+
+pub fn error_body(code: &str, message: impl Into<String>) -> Value {
+    json!({"error": {"code": code, "message": message.into()}})
+}
+
+/// A request refused before it became an event.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What differs between pushed kinds.
+pub trait PushKind: Send + Sync {
+    fn authorize(&self, req: &IncomingRequest) -> Result<(), String>;
+    fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection>;
+    fn mode(&self) -> Mode;
+    fn sync_timeout(&self) -> Option<Duration>;
+}
+
+pub fn push_kind(spec: &TriggerSpec) -> &dyn PushKind {
+    match spec {
+        TriggerSpec::Webhook(w) => w,
+        TriggerSpec::Http(h) => h,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct PushTrigger;
+
+#[derive(Clone)]
+pub struct PushArgs {
+    pub runtime: Arc<TriggerRuntime>,
+    pub intake: Intake,
+    pub watchers: Arc<Watchers>,
+    pub default_sync_timeout: Duration,
+}
+
+impl Actor for PushTrigger {
+    type Msg = PushMsg;
+    type State = PushArgs;
+    type Arguments = PushArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PushMsg>,
+        args: PushArgs,
+    ) -> Result<PushArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PushMsg>,
+        msg: PushMsg,
+        state: &mut PushArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PushMsg::InjectFault(why) => panic!("injected fault: {why}"),
+            PushMsg::Request(req, reply) => admit(state, *req, reply),
+        }
+        Ok(())
+    }
+}
+
+/// Checks the request and, when it is admitted, spawns its journey. The reply port is always
+/// answered, here (refusals) or by the spawned task.
+fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushResponse>) {
+    let rt = state.runtime.clone();
+    let kind = push_kind(&rt.config.spec);
+    if let Err(m) = kind.authorize(&req) {
+        let _ = reply.send(PushResponse::error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            m,
+        ));
+        return;
+    }
+    if !rt.has_capacity() {
+        rt.rejected_busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut r = PushResponse::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            format!(
+                "trigger `{}` has {} jobs in flight (max_in_flight = {}); retry later",
+                rt.name(),
+                rt.in_flight.load(std::sync::atomic::Ordering::Acquire),
+                rt.max_in_flight
+            ),
+        );
+        r.retry_after = Some(1);
+        let _ = reply.send(r);
+        return;
+    }
+    let payload = match kind.event(rt.name(), &req) {
+        Ok(p) => p,
+        Err(rej) => {
+            let _ = reply.send(PushResponse::error(rej.status, rej.code, rej.message));
+            return;
+        }
+    };
+    let event = match req
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(key) if !key.is_empty() => {
+            Event::deterministic(format!("{}:idem:{key}", rt.name()), payload)
+        }
+        _ => Event::unique(rt.name(), payload),
+    };
+    let mode = kind.mode();
+    let timeout = kind.sync_timeout().unwrap_or(state.default_sync_timeout);
+    let span = tracing::info_span!(
+        "event",
+        trigger = %rt.name(),
+        kind = %rt.config.common.kind,
+        event_id = %event.id,
+    );
+    let intake = state.intake.clone();
+    let watchers = state.watchers.clone();
+    tokio::spawn(
+        async move {
+            tracing::info!("event received");
+            let response = journey(&rt, &intake, &watchers, event, mode, timeout).await;
+            let _ = reply.send(response);
+        }
+        .instrument(span),
+    );
+}
+
+async fn journey(
+    rt: &TriggerRuntime,
+    intake: &Intake,
+    watchers: &Watchers,
+    event: Event,
+    mode: Mode,
+    timeout: Duration,
+) -> PushResponse {
+    let event_id = event.id.clone();
+    let mut receivers: Vec<(JobId, oneshot::Receiver<JobOutcome>)> = Vec::new();
+    let accepted = intake
+        .accept(rt, event, |id| {
+            if mode == Mode::Sync {
+                let (tx, rx) = oneshot::channel();
+                receivers.push((id, rx));
+                AckHandle::on_settle(move |o| {
+                    let _ = tx.send(o.clone());
+                })
+            } else {
+                AckHandle::none()
+            }
+        })
+        .await;
+    match accepted {
+        Err(e) => {
+            tracing::error!(error = %e, "event not accepted");
+            let status = match e {
+                super::IntakeError::Preprocess(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            PushResponse::error(status, "not_accepted", e.to_string())
+        }
+        Ok(Accepted::Filtered) => PushResponse::json(
+            StatusCode::OK,
+            json!({"filtered": true, "event_id": event_id}),
+        ),
+        Ok(Accepted::Queued(ids)) if mode == Mode::Async => PushResponse::json(
+            StatusCode::ACCEPTED,
+            json!({"job_id": ids[0], "job_ids": ids, "event_id": event_id}),
+        ),
+        Ok(Accepted::Queued(ids)) => {
+            let waits = receivers
+                .into_iter()
+                .map(|(id, rx)| (id, async move { rx.await.ok() }))
+                .collect();
+            wait_for(&ids, waits, timeout).await
+        }
+        Ok(Accepted::Duplicate(ids)) if mode == Mode::Async => PushResponse::json(
+            StatusCode::OK,
+            json!({"job_id": ids.first(), "job_ids": ids, "event_id": event_id, "duplicate": true}),
+        ),
+        Ok(Accepted::Duplicate(ids)) => {
+            let mut waits = Vec::new();
+            for id in &ids {
+                let rx = watchers.watch(*id);
+                let store = intake.store.clone();
+                let id = *id;
+                waits.push((id, async move {
+                    // Registered first, then looked: a job that ended in between is seen here.
+                    if let Ok(Some(r)) = store.get_job(id) {
+                        if r.status.is_final() {
+                            return Some(match r.result {
+                                Some(v) if r.error.is_none() => JobOutcome::Succeeded(v),
+                                _ => JobOutcome::DeadLettered(r.error.unwrap_or_default()),
+                            });
+                        }
+                    }
+                    rx.await.ok()
+                }));
+            }
+            let r = wait_for(&ids, waits, timeout).await;
+            for id in &ids {
+                watchers.forget(*id);
+            }
+            r
+        }
+    }
+}
+
+/// Waits for every job's outcome up to `timeout` and shapes the sync answer: one job → its
+/// result; several → an array; a dead letter → 500; out of time → 504 (the jobs keep running).
+async fn wait_for<F>(ids: &[JobId], waits: Vec<(JobId, F)>, timeout: Duration) -> PushResponse
+where
+    F: std::future::Future<Output = Option<JobOutcome>>,
+{
+    let all = futures::future::join_all(waits.into_iter().map(|(_, f)| f));
+    let outcomes = match tokio::time::timeout(timeout, all).await {
+        Ok(o) => o,
+        Err(_) => {
+            let mut body = error_body(
+                "sync_timeout",
+                format!(
+                    "no outcome within {timeout:?}; the job keeps running, see GET /jobs/{}",
+                    ids[0]
+                ),
+            );
+            body["job_id"] = json!(ids[0]);
+            body["job_ids"] = json!(ids);
+            return PushResponse::json(StatusCode::GATEWAY_TIMEOUT, body);
+        }
+    };
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (id, o) in ids.iter().zip(outcomes) {
+        match o {
+            Some(JobOutcome::Succeeded(v)) => results.push(v),
+            Some(JobOutcome::DeadLettered(e)) => failures.push(json!({"job_id": id, "error": e})),
+            None => failures.push(json!({"job_id": id, "error": "outcome lost (router stopped)"})),
+        }
+    }
+    if failures.is_empty() {
+        let body = if ids.len() == 1 {
+            results.swap_remove(0)
+        } else {
+            Value::Array(results)
+        };
+        return PushResponse::json(StatusCode::OK, body);
+    }
+    let message = failures
+        .iter()
+        .filter_map(|f| f["error"].as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut body = error_body("job_failed", message);
+    body["job_id"] = json!(ids[0]);
+    body["failures"] = Value::Array(failures);
+    PushResponse::json(StatusCode::INTERNAL_SERVER_ERROR, body)
+}

@@ -1,0 +1,172 @@
+//! `millgate run | check`: the service's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use millgate::{init_tracing, load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
+use millgate_actors::triggers::TriggerSpec;
+use millgate_actors::{Config, Service};
+
+#[derive(Parser)]
+#[command(
+    name = "millgate",
+    version,
+    about = "An event router: external events in, reliable jobs out."
+)]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=millgate=debug).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// Configuration file; without it, the embedded default configuration is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and list the triggers and runnables it defines.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: &Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => load_file(p).map_err(|e| e.to_string()),
+        None => load_str(DEFAULT_CONFIG, "<embedded config.toml>", |k| {
+            std::env::var(k).ok()
+        })
+        .map_err(|e| e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                print_summary(&c);
+                for w in warnings(&c) {
+                    eprintln!("warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => {
+            init_tracing(cli.log_format);
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            for w in warnings(&c) {
+                tracing::warn!("{w}");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the tokio runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime.block_on(run(c))
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let mut service = match Service::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let terminate = async {
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    };
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); ExitCode::SUCCESS }
+        _ = terminate => { tracing::info!("terminated; stopping"); ExitCode::SUCCESS }
+        _ = service.stopped() => { tracing::error!("supervision tree stopped"); ExitCode::from(2) }
+    };
+    service.stop().await;
+    code
+}
+
+fn print_summary(c: &Config) {
+    println!(
+        "listen {}  store {}",
+        c.server.listen,
+        c.store.path.display()
+    );
+    println!("runnables:");
+    for (name, r) in &c.runnables {
+        let what = match (&r.command, &r.url) {
+            (Some(cmd), _) => format!("command {}", cmd.join(" ")),
+            (_, Some(url)) => format!("http POST {url}"),
+            _ => "?".into(),
+        };
+        let limit = r
+            .concurrency
+            .map(|n| format!(", concurrency {n}"))
+            .unwrap_or_default();
+        println!("  {name}: {what} (timeout {:?}{limit})", r.timeout);
+    }
+    println!("triggers:");
+    for t in &c.triggers {
+        let (mode, endpoint) = match &t.spec {
+            TriggerSpec::Webhook(w) => (w.mode, format!("POST /hooks/{}", t.common.name)),
+            TriggerSpec::Http(h) => (
+                h.mode,
+                format!(
+                    "{} {} (auth {})",
+                    h.method.to_uppercase(),
+                    h.path,
+                    h.auth.label()
+                ),
+            ),
+        };
+        let pre = match &t.common.preprocessor {
+            Some(p) if p.jq.is_some() => " jq",
+            Some(_) => " command",
+            None => "",
+        };
+        println!(
+            "  {} [{}, {:?}{}{}] {endpoint} -> {}",
+            t.common.name,
+            t.common.kind,
+            mode,
+            pre,
+            if t.common.enabled { "" } else { ", disabled" },
+            t.common.runnable
+        );
+    }
+}
