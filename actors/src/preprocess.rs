@@ -250,6 +250,7 @@ impl PreprocessorPool {
     pub async fn spawn(
         workers: usize,
         supervisor: ractor::ActorCell,
+        name: Option<String>,
     ) -> Result<Self, ractor::SpawnErr> {
         let factory_def = Factory::<
             (),
@@ -267,13 +268,7 @@ impl PreprocessorPool {
             .router(Default::default())
             .num_initial_workers(workers.max(1))
             .build();
-        let (factory, _) = Actor::spawn_linked(
-            Some("preprocessor-pool".into()),
-            factory_def,
-            args,
-            supervisor,
-        )
-        .await?;
+        let (factory, _) = Actor::spawn_linked(name, factory_def, args, supervisor).await?;
         Ok(Self { factory })
     }
 

@@ -58,7 +58,11 @@ impl Service {
         let store = Store::open(&config.store)?;
         let spawn_err = |e: ractor::SpawnErr| ServiceError::Spawn(e.to_string());
 
-        let (root, root_handle) = Actor::spawn(Some("root".into()), RootSupervisor, ())
+        // Actor names are process-global in ractor; an instance prefix lets several services
+        // share a process (tests, embedding).
+        let instance = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let named = |n: &str| Some(format!("{n}@{instance}"));
+        let (root, root_handle) = Actor::spawn(named("root"), RootSupervisor, ())
             .await
             .map_err(spawn_err)?;
 
@@ -69,7 +73,7 @@ impl Service {
         }
         let watchers = Arc::new(Watchers::default());
         let (router, _) = Actor::spawn_linked(
-            Some("job-router".into()),
+            named("job-router"),
             JobRouter,
             RouterArgs {
                 store: store.clone(),
@@ -80,16 +84,24 @@ impl Service {
         )
         .await
         .map_err(spawn_err)?;
-        let pool = runners::spawn_pool(config.router.runners, router.clone(), root.get_cell())
-            .await
-            .map_err(spawn_err)?;
+        let pool = runners::spawn_pool(
+            config.router.runners,
+            router.clone(),
+            root.get_cell(),
+            named("runner-pool"),
+        )
+        .await
+        .map_err(spawn_err)?;
         router
             .cast(RouterMsg::AttachPool(pool))
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
-        let preprocessors =
-            PreprocessorPool::spawn(config.router.runners.clamp(2, 16), root.get_cell())
-                .await
-                .map_err(spawn_err)?;
+        let preprocessors = PreprocessorPool::spawn(
+            config.router.runners.clamp(2, 16),
+            root.get_cell(),
+            named("preprocessor-pool"),
+        )
+        .await
+        .map_err(spawn_err)?;
         let intake = Intake {
             store: store.clone(),
             router: router.clone(),
@@ -97,7 +109,7 @@ impl Service {
         };
         let registry = Arc::new(Registry::default());
         let (triggers, _) = Actor::spawn_linked(
-            Some("trigger-supervisor".into()),
+            named("trigger-supervisor"),
             TriggerSupervisor,
             TriggerSupervisorArgs {
                 config: config.clone(),

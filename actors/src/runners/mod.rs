@@ -154,6 +154,7 @@ pub async fn spawn_pool(
     size: usize,
     router: ActorRef<RouterMsg>,
     supervisor: ractor::ActorCell,
+    name: Option<String>,
 ) -> Result<RunnerPoolRef, ractor::SpawnErr> {
     let factory_def = Factory::<
         String,
@@ -178,8 +179,7 @@ pub async fn spawn_pool(
         .router(Default::default())
         .num_initial_workers(size.max(1))
         .build();
-    let (factory, _) =
-        Actor::spawn_linked(Some("runner-pool".into()), factory_def, args, supervisor).await?;
+    let (factory, _) = Actor::spawn_linked(name, factory_def, args, supervisor).await?;
     Ok(factory)
 }
 

@@ -1,0 +1,132 @@
+//! Helpers shared by the integration tests: a real service on a free port with its sled store
+//! in a temporary directory, configured through the same loader as `config.toml`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use millgate_actors::job::{JobId, JobRecord, JobStatus};
+use millgate_actors::Service;
+use serde_json::Value;
+
+pub struct TestService {
+    pub service: Service,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+/// `[server]`/`[store]` for tests: a free port, a store in `dir`, short sync timeout.
+pub fn header(dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+sync_timeout = "5s"
+
+[store]
+path = "{}"
+"#,
+        dir.join("data").display()
+    )
+}
+
+impl TestService {
+    /// Starts a service on `header() + body`. `{DIR}` in `body` is the test's temp dir.
+    pub async fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!("{}\n{}", header(dir.path()), body);
+        Self::start_in(dir, &text).await
+    }
+
+    /// Starts a service on a complete configuration text (`{DIR}` replaced).
+    pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Self {
+        let text = text.replace("{DIR}", &dir.path().display().to_string());
+        let config = millgate::load_str(&text, "test.toml", |k| std::env::var(k).ok())
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+        let service = Service::start(config).await.expect("service starts");
+        let base = format!("http://{}", service.addr);
+        Self {
+            service,
+            base,
+            dir,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn job(&self, id: &str) -> Option<JobRecord> {
+        let id: JobId = id.parse().expect("job id");
+        self.service.store.get_job(id).expect("store read")
+    }
+
+    /// Waits until the job reaches a final status, and returns its record.
+    pub async fn wait_final(&self, id: &str, within: Duration) -> JobRecord {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = self.job(id) {
+                if r.status.is_final() {
+                    return r;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not final within {within:?}: {:?}",
+                self.job(id).map(|r| r.status)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// All job records of a trigger.
+    pub fn jobs_of(&self, trigger: &str) -> Vec<JobRecord> {
+        self.service
+            .store
+            .jobs(Some(trigger), usize::MAX)
+            .expect("store read")
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.service.stop().await;
+        self.dir
+    }
+}
+
+pub fn status_of(r: &JobRecord) -> JobStatus {
+    r.status
+}
+
+/// Polls `f` until it is true or `within` passes.
+pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lines of a file, or none when it does not exist yet.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
