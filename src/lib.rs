@@ -198,17 +198,16 @@ fn locate(text: &str, index: &SpanIndex, issue: &ConfigIssue) -> Option<usize> {
             (span.start, span.end)
         }
         Section::Top(_) => {
-            // `server.listen`: look for `listen =` after the `[server]` header.
+            // `server.listen`: look for `listen =` inside the `[server]` table.
             let (table, key) = issue.key.split_once('.').unwrap_or(("", &issue.key));
-            let header = format!("[{table}]");
-            let start = text.find(&header).unwrap_or(0);
+            let section = text_sections(text).into_iter().find(|s| s.label == table)?;
             return find_key_line(
                 text,
-                start,
-                text.len(),
+                section.start,
+                section.end,
                 key.split('.').next().unwrap_or(key),
             )
-            .or_else(|| (start > 0).then(|| line_of(text, start)));
+            .or(Some(line_of(text, section.start)));
         }
     };
     if first_key.is_empty() {
@@ -483,6 +482,7 @@ fn locate_parse_error(
     } else if let Some(v) = message
         .split_once("string \"")
         .and_then(|(_, r)| r.split('"').next())
+        .or_else(|| backticked_after(&message, "unknown variant `"))
         .filter(|_| on_header)
     {
         find_string_value(text, start, end, v)
@@ -571,6 +571,42 @@ mod tests {
         let (line, m) = substitute_env("x = 1\ny = \"${NOPE}\"", &env).unwrap_err();
         assert_eq!(line, 2);
         assert!(m.contains("`NOPE` is not set"));
+    }
+
+    #[test]
+    fn key_before_follows_inline_tables() {
+        assert_eq!(key_before("timeout = \"so").as_deref(), Some("timeout"));
+        assert_eq!(
+            key_before("retry = { attempts = 3, initial = \"s").as_deref(),
+            Some("retry.initial")
+        );
+        assert_eq!(
+            key_before("a = { b = { c = 1 }, d = ").as_deref(),
+            Some("a.d")
+        );
+        assert_eq!(key_before("x = \"a=b\", ").as_deref(), None);
+        assert_eq!(key_before("").as_deref(), None);
+    }
+
+    #[test]
+    fn parse_errors_name_the_entry_line_and_key() {
+        let text = "[runnables.r]\ncommand = [\"true\"]\n\n[[triggers]]\nname = \"a\"\nkind = \"webhook\"\nrunnable = \"r\"\n\n[[triggers]]\nname = \"b\"\nkind = \"webhook\"\nrunnable = \"r\"\nmode = \"whenever\"\n";
+        let e = load_str(text, "t.toml", |_| None).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].line, Some(13), "{e}");
+        assert!(
+            e.errors[0].message.starts_with("triggers[1] (b).mode: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn top_level_issues_are_found_in_their_own_table() {
+        let text = "# [router] comes last\n[[triggers]]\nname = \"t\"\nkind = \"webhook\"\nrunnable = \"r\"\nmax_in_flight = 5\n\n[runnables.r]\ncommand = [\"true\"]\n\n[router]\nrunners = 2\nmax_in_flight = 0\n";
+        let e = load_str(text, "t.toml", |_| None).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].line, Some(13), "{e}");
+        assert!(e.errors[0].message.contains("router.max_in_flight"), "{e}");
     }
 
     #[test]

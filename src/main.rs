@@ -132,7 +132,7 @@ fn print_summary(c: &Config) {
         let what = match (&r.command, &r.url) {
             (Some(cmd), _) => format!("command {}", cmd.join(" ")),
             (_, Some(url)) => format!("http POST {url}"),
-            _ => "?".into(),
+            _ => "echo (returns its args)".into(),
         };
         let limit = r
             .concurrency

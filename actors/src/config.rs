@@ -164,7 +164,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnableConfig {
-    /// `command` or `http`; inferred from `command` / `url` when absent.
+    /// `command`, `http` or `echo`; inferred from `command` / `url` when absent.
     #[serde(default)]
     pub kind: Option<RunnableKind>,
     /// Program and arguments; the job's args arrive as JSON on stdin.
@@ -195,6 +195,9 @@ fn default_runnable_timeout() -> Duration {
 pub enum RunnableKind {
     Command,
     Http,
+    /// Returns the job's args as its result, in-process: for trying triggers and preprocessors
+    /// out, and for measuring the pipeline without a runnable's cost.
+    Echo,
 }
 
 impl RunnableConfig {
@@ -206,12 +209,18 @@ impl RunnableConfig {
             (Some(RunnableKind::Http), None, Some(_)) | (None, None, Some(_)) => {
                 Ok(RunnableKind::Http)
             }
+            (Some(RunnableKind::Echo), None, None) => Ok(RunnableKind::Echo),
+            (Some(RunnableKind::Echo), _, _) => {
+                Err("an echo runnable takes neither `command` nor `url`".into())
+            }
             (_, Some(_), Some(_)) => Err("set either `command` or `url`, not both".into()),
             (Some(RunnableKind::Command), None, _) => {
                 Err("a command runnable needs `command = [\"program\", \"arg\", …]`".into())
             }
             (Some(RunnableKind::Http), _, None) => Err("an http runnable needs `url`".into()),
-            (None, None, None) => Err("a runnable needs `command` or `url`".into()),
+            (None, None, None) => {
+                Err("a runnable needs `command`, `url`, or `kind = \"echo\"`".into())
+            }
         }
     }
 }
@@ -254,6 +263,7 @@ impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = match &self.section {
             Section::Top(s) if self.key.is_empty() => s.clone(),
+            Section::Top(s) if s.is_empty() => self.key.clone(),
             Section::Top(s) => format!("{s}.{}", self.key),
             Section::Runnable(n) if self.key.is_empty() => format!("runnables.{n}"),
             Section::Runnable(n) => format!("runnables.{n}.{}", self.key),
@@ -304,6 +314,7 @@ impl Config {
                         issues.push(issue("command", "must name a program".into()));
                     }
                 }
+                Ok(RunnableKind::Echo) => {}
                 Ok(RunnableKind::Http) => {
                     let url = runnable.url.as_deref().unwrap_or_default();
                     if !(url.starts_with("http://") || url.starts_with("https://")) {

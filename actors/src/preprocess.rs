@@ -66,11 +66,16 @@ impl JqFilter {
         let arena = Arena::default();
         let modules = loader
             .load(&arena, File { code, path: () })
-            .map_err(|errs| format!("cannot parse jq filter `{code}`: {}", describe(&errs)))?;
+            .map_err(|errs| format!("cannot parse jq filter `{code}`: {}", describe_load(&errs)))?;
         let filter = Compiler::default()
             .with_funs(funs)
             .compile(modules)
-            .map_err(|errs| format!("cannot compile jq filter `{code}`: {}", describe(&errs)))?;
+            .map_err(|errs| {
+                format!(
+                    "cannot compile jq filter `{code}`: {}",
+                    describe_compile(&errs)
+                )
+            })?;
         Ok(Self {
             filter: Arc::new(filter),
             source: code.into(),
@@ -101,18 +106,43 @@ fn val_to_json(v: &Val) -> Result<Value, String> {
     serde_json::from_str(&v.to_string()).map_err(|e| format!("jq output is not JSON ({e}): {v}"))
 }
 
-fn describe<T: std::fmt::Debug>(errs: &T) -> String {
-    // jaq's load/compile errors carry spans and tokens but no Display; the Debug form names the
-    // offending token, which is what a user needs to fix the filter.
-    let s = format!("{errs:?}");
-    if s.len() > 300 {
-        format!(
-            "{}…",
-            &s[..s.char_indices().nth(300).map_or(s.len(), |(i, _)| i)]
-        )
+/// `at `…`` with the code from the error position, cut short.
+fn at(pos: &str) -> String {
+    let snippet: String = pos.chars().take(20).collect();
+    if snippet.is_empty() {
+        "at the end".into()
     } else {
-        s
+        format!("at `{snippet}`")
     }
+}
+
+fn describe_load(errs: &jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let mut out = Vec::new();
+    for (_, e) in errs {
+        match e {
+            Error::Io(list) => {
+                out.extend(list.iter().map(|(p, m)| format!("cannot load `{p}`: {m}")))
+            }
+            Error::Lex(list) => out.extend(
+                list.iter()
+                    .map(|(expect, pos)| format!("expected {} {}", expect.as_str(), at(pos))),
+            ),
+            Error::Parse(list) => out.extend(
+                list.iter()
+                    .map(|(expect, pos)| format!("expected {} {}", expect.as_str(), at(pos))),
+            ),
+        }
+    }
+    out.join("; ")
+}
+
+fn describe_compile(errs: &jaq_core::compile::Errors<&str, ()>) -> String {
+    errs.iter()
+        .flat_map(|(_, list)| list.iter())
+        .map(|(name, undefined)| format!("undefined {} `{name}`", undefined.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A trigger's compiled preprocessor.

@@ -84,11 +84,11 @@ impl Registry {
         self.routes.read().ok()?.lookup(method, path)
     }
 
-    pub fn route_path_exists(&self, path: &str) -> bool {
+    pub fn route_methods(&self, path: &str) -> Vec<axum::http::Method> {
         self.routes
             .read()
-            .map(|r| r.path_exists(path))
-            .unwrap_or(false)
+            .map(|r| r.methods_for(path))
+            .unwrap_or_default()
     }
 
     fn rebuild_routes(&self) -> Result<(), String> {

@@ -36,6 +36,13 @@ pub fn app(state: IngressState) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(route)
+        .method_not_allowed_fallback(|req: Request| async move {
+            err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not served on {}", req.method(), req.uri().path()),
+            )
+        })
         .with_state(state)
 }
 
@@ -73,13 +80,25 @@ async fn webhook(
 
 async fn route(State(state): State<IngressState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
+    let methods = state.registry.route_methods(&path);
     match state.registry.route(req.method(), &path) {
         Some((name, params)) => dispatch(&state, &name, req, params).await,
-        None if state.registry.route_path_exists(&path) => err(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not served on {path}", req.method()),
-        ),
+        None if !methods.is_empty() => {
+            let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            let mut resp = err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not served on {path} (allowed: {})",
+                    req.method(),
+                    allow.join(", ")
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                resp.headers_mut().insert("allow", v);
+            }
+            resp
+        }
         None => err(
             StatusCode::NOT_FOUND,
             "not_found",

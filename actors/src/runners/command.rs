@@ -104,13 +104,18 @@ pub async fn run_process(
         let status = child.wait().await;
         (out, err, status)
     };
-    let (out, err, status) = match tokio::time::timeout(spec.timeout, io).await {
+    // Pinned rather than moved into the timeout, so that on expiry the group is killed while
+    // the child is still ours (not yet reaped, its pid not reusable).
+    tokio::pin!(io);
+    let (out, err, status) = match tokio::time::timeout(spec.timeout, &mut io).await {
         Ok(r) => r,
         Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY-free FFI: killpg on the group we created; ESRCH (already gone) is fine.
+            if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+                // SAFETY: killpg takes plain integers and touches no memory of ours. The group
+                // id is the child's pid (process_group(0) above); if the group is already gone
+                // the call fails with ESRCH, which is what we want anyway.
                 unsafe {
-                    libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+                    libc::killpg(pid, libc::SIGKILL);
                 }
             }
             return Err(ProcessError::Timeout(spec.timeout));

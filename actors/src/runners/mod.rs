@@ -47,6 +47,7 @@ impl RunContext {
 pub enum Runnable {
     Command(command::CommandRunnable),
     Http(http::HttpRunnable),
+    Echo,
 }
 
 impl Runnable {
@@ -65,6 +66,7 @@ impl Runnable {
                 c.headers.clone(),
                 c.timeout,
             )),
+            RunnableKind::Echo => Runnable::Echo,
         })
     }
 
@@ -72,6 +74,7 @@ impl Runnable {
         match self {
             Runnable::Command(c) => c.run(ctx, args).await,
             Runnable::Http(h) => h.run(ctx, args).await,
+            Runnable::Echo => Ok(args.clone()),
         }
     }
 }

@@ -139,7 +139,9 @@ impl RouteTable {
         Ok(())
     }
 
-    /// The trigger serving `method path`, with the route's parameters.
+    /// The trigger serving `method path` (the path as sent, percent-encoded), with the route's
+    /// parameters percent-decoded (`/greet/Ada%20L` → `name = "Ada L"`). Matching happens on
+    /// the encoded path, so an encoded `/` (`%2F`) never splits a parameter.
     pub fn lookup(
         &self,
         method: &Method,
@@ -149,14 +151,21 @@ impl RouteTable {
         let params = m
             .params
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
         Some((m.value.clone(), params))
     }
 
-    /// Whether any method serves `path` (to answer 405 rather than 404).
-    pub fn path_exists(&self, path: &str) -> bool {
-        self.routers.values().any(|r| r.at(path).is_ok())
+    /// The methods served on `path` (to answer 405 with `Allow` rather than 404).
+    pub fn methods_for(&self, path: &str) -> Vec<Method> {
+        let mut methods: Vec<Method> = self
+            .routers
+            .iter()
+            .filter(|(_, r)| r.at(path).is_ok())
+            .map(|(m, _)| m.clone())
+            .collect();
+        methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        methods
     }
 
     pub fn len(&self) -> usize {
@@ -166,6 +175,13 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as sent.
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map_or_else(|_| s.to_string(), |d| d.into_owned())
 }
 
 /// `/a/:id/*rest` → matchit's `/a/{id}/{*rest}`, rejecting what would be ambiguous.
@@ -226,7 +242,16 @@ mod tests {
         let (name, params) = t.lookup(&Method::GET, "/files/x/y.txt").unwrap();
         assert_eq!((name.as_str(), params["rest"].as_str()), ("b", "x/y.txt"));
         assert!(t.lookup(&Method::DELETE, "/orders/42").is_none());
-        assert!(t.path_exists("/orders/42"));
+        assert_eq!(t.methods_for("/orders/42"), vec![Method::GET, Method::POST]);
+        let (_, params) = t.lookup(&Method::POST, "/orders/a%2Fb%20c%C3%A9").unwrap();
+        assert_eq!(params["id"], "a/b cé");
+        let (_, params) = t.lookup(&Method::GET, "/files/x/100%25/%zz/%4").unwrap();
+        assert_eq!(params["rest"], "x/100%/%zz/%4");
+        // Not UTF-8 once decoded: kept as sent.
+        let (_, params) = t.lookup(&Method::GET, "/files/%ff%41").unwrap();
+        assert_eq!(params["rest"], "%ff%41");
+        let (_, params) = t.lookup(&Method::GET, "/files/100%25").unwrap();
+        assert_eq!(params["rest"], "100%");
     }
 
     #[test]

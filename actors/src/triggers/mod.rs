@@ -113,7 +113,16 @@ impl TriggerConfig {
             "http" => serde_json::from_value(rest).map(TriggerSpec::Http),
             _ => unreachable!("checked against KINDS above"),
         }
-        .map_err(|e| format!("trigger `{name}` (kind {kind}): {e}"))?;
+        .map_err(|e| {
+            let mut e = e.to_string();
+            if e.contains("unknown field") {
+                e = format!(
+                    "{e}; keys every trigger accepts: {}",
+                    COMMON_KEYS.join(", ")
+                );
+            }
+            format!("trigger `{name}` (kind {kind}): {e}")
+        })?;
         Ok(Self { common, spec })
     }
 

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::{Accepted, Intake, Mode, TriggerRuntime, TriggerSpec};
 use crate::event::Event;
-use crate::job::{JobId, JobOutcome};
+use crate::job::{JobId, JobOutcome, JobStatus};
 use crate::router::{AckHandle, Watchers};
 
 // ---------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ async fn journey(
         ),
         Ok(Accepted::Queued(ids)) if mode == Mode::Async => PushResponse::json(
             StatusCode::ACCEPTED,
-            json!({"job_id": ids[0], "job_ids": ids, "event_id": event_id}),
+            json!({"job_id": ids.first(), "job_ids": ids, "event_id": event_id}),
         ),
         Ok(Accepted::Queued(ids)) => {
             let waits = receivers
@@ -269,11 +269,14 @@ async fn journey(
                 waits.push((id, async move {
                     // Registered first, then looked: a job that ended in between is seen here.
                     if let Ok(Some(r)) = store.get_job(id) {
-                        if r.status.is_final() {
-                            return Some(match r.result {
-                                Some(v) if r.error.is_none() => JobOutcome::Succeeded(v),
-                                _ => JobOutcome::DeadLettered(r.error.unwrap_or_default()),
-                            });
+                        match r.status {
+                            JobStatus::Succeeded => {
+                                return Some(JobOutcome::Succeeded(r.result.unwrap_or(Value::Null)))
+                            }
+                            JobStatus::DeadLettered => {
+                                return Some(JobOutcome::DeadLettered(r.error.unwrap_or_default()))
+                            }
+                            _ => {}
                         }
                     }
                     rx.await.ok()
@@ -294,6 +297,9 @@ async fn wait_for<F>(ids: &[JobId], waits: Vec<(JobId, F)>, timeout: Duration) -
 where
     F: std::future::Future<Output = Option<JobOutcome>>,
 {
+    let Some(first) = ids.first().copied() else {
+        return PushResponse::json(StatusCode::OK, Value::Array(vec![]));
+    };
     let all = futures::future::join_all(waits.into_iter().map(|(_, f)| f));
     let outcomes = match tokio::time::timeout(timeout, all).await {
         Ok(o) => o,
@@ -301,11 +307,10 @@ where
             let mut body = error_body(
                 "sync_timeout",
                 format!(
-                    "no outcome within {timeout:?}; the job keeps running, see GET /jobs/{}",
-                    ids[0]
+                    "no outcome within {timeout:?}; the job keeps running, see GET /jobs/{first}"
                 ),
             );
-            body["job_id"] = json!(ids[0]);
+            body["job_id"] = json!(first);
             body["job_ids"] = json!(ids);
             return PushResponse::json(StatusCode::GATEWAY_TIMEOUT, body);
         }
@@ -333,7 +338,7 @@ where
         .collect::<Vec<_>>()
         .join("; ");
     let mut body = error_body("job_failed", message);
-    body["job_id"] = json!(ids[0]);
+    body["job_id"] = json!(first);
     body["failures"] = Value::Array(failures);
     PushResponse::json(StatusCode::INTERNAL_SERVER_ERROR, body)
 }

@@ -1,0 +1,163 @@
+//! Crash safety through the real binary: accepted webhooks survive `kill -9`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lines;
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_millgate"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("millgate starts")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "millgate did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let done = dir.path().join("done.log");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+path = "{dir}/data"
+
+[router]
+runners = 2
+
+[runnables.slow]
+command = ["sh", "-c", 'sleep 0.1; echo $MILLGATE_JOB_ID >> {dir}/done.log']
+
+[[triggers]]
+name = "crashy"
+kind = "webhook"
+runnable = "slow"
+token = "tk"
+"#,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut child = start(&config, &dir.path().join("first.log"));
+    wait_ready(&client, &base).await;
+
+    const N: usize = 60;
+    let mut accepted = Vec::new();
+    let mut keyed: HashMap<String, String> = HashMap::new();
+    for i in 0..N {
+        let resp = client
+            .post(format!("{base}/hooks/crashy"))
+            .bearer_auth("tk")
+            .header("idempotency-key", format!("req-{i}"))
+            .json(&json!({"i": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        let id = body["job_id"].as_str().unwrap().to_string();
+        keyed.insert(format!("req-{i}"), id.clone());
+        accepted.push(id);
+    }
+    // 60 jobs at 2 × 0.1 s take 3 s: most are still queued now.
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let finished_before = lines(&done).len();
+    assert!(
+        finished_before < N,
+        "the crash came too late to test anything"
+    );
+
+    let mut child = start(&config, &dir.path().join("second.log"));
+    wait_ready(&client, &base).await;
+
+    // Every accepted job finishes: its record says succeeded and it ran.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &accepted {
+        loop {
+            let resp = client
+                .get(format!("{base}/jobs/{id}"))
+                .bearer_auth("tk")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "job {id} lost");
+            let view: Value = resp.json().await.unwrap();
+            if view["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} stuck in {}",
+                view["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ran = lines(&done);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &ran {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    for id in &accepted {
+        assert!(counts.contains_key(id.as_str()), "job {id} never ran");
+    }
+    // At-least-once: only jobs that were running at the kill (≤ runners) may have run twice.
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.len() <= 2, "too many repeated runs: {twice:?}");
+    assert_eq!(counts.len(), N, "a job ran that nobody sent");
+
+    // Clients retrying after the crash get the same jobs back from the dedup tree.
+    for (key, id) in keyed.iter().take(10) {
+        let resp = client
+            .post(format!("{base}/hooks/crashy"))
+            .bearer_auth("tk")
+            .header("idempotency-key", key)
+            .json(&json!({"retry": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["duplicate"], true);
+        assert_eq!(body["job_id"].as_str().unwrap(), id);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "finished before the kill: {finished_before}/{N}; ran twice: {}",
+        twice.len()
+    );
+}
