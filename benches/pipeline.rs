@@ -95,6 +95,7 @@ fn bench_router(c: &mut Criterion) {
                 store: store.clone(),
                 runnables,
                 watchers: Arc::new(Watchers::default()),
+                bus: millgate_actors::events::EventBus::default(),
             },
         )
         .await

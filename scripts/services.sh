@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
-# Today's tests (webhooks, HTTP routes, command and http runnables) need only a shell, a C
-# toolchain for the build and a Rust toolchain; brokers are added here as their triggers land.
+# Today's tests (webhooks, HTTP routes, command and http runnables) need a shell, a C toolchain
+# for the build and a Rust toolchain; the dashboard test (tests/dashboard.rs) also needs Debian's
+# chromium, Node.js with npm and the packages of tests/dashboard. Brokers are added here as their
+# triggers land.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -14,4 +20,10 @@ if ((${#need_apt[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 command -v cargo >/dev/null || { echo "services.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
+# The dashboard test's browser driver (playwright-core, pinned by package-lock.json); it drives
+# /usr/bin/chromium and never downloads a browser of its own.
+if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
+    echo "services.sh: npm ci in tests/dashboard"
+    (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "services.sh: ready"

@@ -1,6 +1,9 @@
 //! The service shell: loading `config.toml` (with `${ENV}` substitution and errors that name
 //! the file, line and key) and setting up tracing. The actors live in `millgate-actors`.
 
+pub mod admin;
+pub mod app;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;

@@ -1,12 +1,16 @@
-//! `millgate run | check`: the service's command line.
+//! `millgate run | check | triggers | jobs`: the service's command line. `triggers` and `jobs`
+//! are clients of the admin API (see `cli.rs` and docs/cli.md).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use millgate::app::App;
 use millgate::{init_tracing, load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
 use millgate_actors::triggers::TriggerSpec;
-use millgate_actors::{Config, Service};
+use millgate_actors::Config;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +39,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage the triggers of a running millgate (through its admin API).
+    Triggers(cli::TriggersArgs),
+    /// Inspect and replay the jobs of a running millgate (through its admin API).
+    Jobs(cli::JobsArgs),
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Config, String> {
@@ -50,6 +58,8 @@ fn load(path: &Option<PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Triggers(args) => cli::triggers(args),
+        Command::Jobs(args) => cli::jobs(args),
         Command::Check { config } => match load(&config) {
             Ok(c) => {
                 print_summary(&c);
@@ -91,8 +101,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let mut service = match Service::start(config).await {
-        Ok(s) => s,
+    let mut app = match App::start(config).await {
+        Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("{e}");
@@ -115,9 +125,9 @@ async fn run(config: Config) -> ExitCode {
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); ExitCode::SUCCESS }
         _ = terminate => { tracing::info!("terminated; stopping"); ExitCode::SUCCESS }
-        _ = service.stopped() => { tracing::error!("supervision tree stopped"); ExitCode::from(2) }
+        _ = app.stopped() => { tracing::error!("supervision tree stopped"); ExitCode::from(2) }
     };
-    service.stop().await;
+    app.stop().await;
     code
 }
 

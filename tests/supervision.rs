@@ -9,7 +9,8 @@ use millgate_actors::triggers::TriggerState;
 use serde_json::json;
 
 fn state(t: &TestService, name: &str) -> TriggerState {
-    t.service
+    t.app
+        .service
         .registry
         .get(name)
         .expect("trigger")
@@ -18,7 +19,8 @@ fn state(t: &TestService, name: &str) -> TriggerState {
 }
 
 fn restarts(t: &TestService, name: &str) -> u64 {
-    t.service
+    t.app
+        .service
         .registry
         .get(name)
         .expect("trigger")
@@ -67,7 +69,7 @@ runnable = "noop"
     .await;
     wait_state(&t, "fragile", |s| *s == TriggerState::Running).await;
 
-    t.service.inject_trigger_fault("fragile");
+    t.app.service.inject_trigger_fault("fragile");
     let s = wait_state(&t, "fragile", |s| {
         matches!(s, TriggerState::BackingOff { .. })
     })
@@ -111,7 +113,7 @@ runnable = "noop"
     assert_eq!(status, 202);
 
     // A second failure soon after: the backoff doubles (jittered into [400ms, 800ms]).
-    t.service.inject_trigger_fault("fragile");
+    t.app.service.inject_trigger_fault("fragile");
     let s = wait_state(&t, "fragile", |s| {
         matches!(s, TriggerState::BackingOff { .. })
     })

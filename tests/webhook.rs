@@ -352,7 +352,7 @@ retry = { attempts = 4, initial = "20ms", max = "50ms" }
         r.error.as_deref().unwrap().contains("boom: disk on fire"),
         "{r:?}"
     );
-    let dead = t.service.store.dead_letters().unwrap();
+    let dead = t.app.service.store.dead_letters().unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].job_id.to_string(), id);
     assert_eq!(dead[0].trigger, "doomed");

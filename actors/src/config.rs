@@ -25,6 +25,9 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// The admin API and dashboard; not served without this table.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub runnables: BTreeMap<String, RunnableConfig>,
     #[serde(default)]
@@ -51,6 +54,20 @@ impl Default for ServerConfig {
             sync_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// `[admin]`: the admin API, metrics and dashboard listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Bearer token every admin route but `/healthz` and `/readyz` requires.
+    pub token: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8081".into()
 }
 
 /// `[store]`: where sled keeps the durable state.
@@ -291,6 +308,20 @@ impl Config {
                     self.server.listen
                 ),
             ));
+        }
+        if let Some(admin) = &self.admin {
+            if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+                issues.push(top(
+                    "admin.listen",
+                    format!("`{}` is not an address like 127.0.0.1:8081", admin.listen),
+                ));
+            }
+            if admin.token.trim().is_empty() {
+                issues.push(top(
+                    "admin.token",
+                    "must not be empty: every admin route but /healthz and /readyz needs it".into(),
+                ));
+            }
         }
         if self.router.runners == 0 {
             issues.push(top("router.runners", "must be at least 1".into()));

@@ -49,16 +49,59 @@ impl FromStr for JobId {
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
+    /// Accepted while its trigger was suspended: stored, not run until resumed.
+    Parked,
     Running,
     Succeeded,
     Retrying,
     DeadLettered,
+    /// A parked job dropped by an operator.
+    Cancelled,
 }
 
 impl JobStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::DeadLettered)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::DeadLettered | JobStatus::Cancelled
+        )
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Parked => "parked",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Retrying => "retrying",
+            JobStatus::DeadLettered => "dead_lettered",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(Value::String(s.to_string())).map_err(|_| {
+            format!("`{s}` is not a job status (queued, parked, running, succeeded, retrying, dead_lettered, cancelled)")
+        })
+    }
+}
+
+/// One step of a job's journey through the actors, for the job's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: DateTime<Utc>,
+    /// `queued`, `parked`, `released`, `started`, `failed`, `retry_scheduled`, `succeeded`,
+    /// `dead_lettered`, `cancelled`.
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 /// Everything known about one job; stored as JSON in sled.
@@ -84,6 +127,11 @@ pub struct JobRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The job this one replays (`POST /api/jobs/{id}/replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<JobId>,
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
 }
 
 impl JobRecord {
@@ -112,7 +160,51 @@ impl JobRecord {
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
+            replay_of: None,
+            timeline: vec![TimelineEntry::now("queued")],
         }
+    }
+
+    /// Appends a step to the timeline.
+    pub fn step(&mut self, entry: TimelineEntry) {
+        // Bounded: a job retried forever must not grow its record without end.
+        const MAX_STEPS: usize = 200;
+        if self.timeline.len() >= MAX_STEPS {
+            self.timeline.remove(1);
+        }
+        self.timeline.push(entry);
+    }
+
+    /// Wall time of the last run, when it has finished.
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some((self.finished_at? - self.started_at?).num_milliseconds())
+    }
+}
+
+impl TimelineEntry {
+    pub fn now(step: &str) -> Self {
+        Self {
+            at: Utc::now(),
+            step: step.into(),
+            attempt: None,
+            error: None,
+            delay_ms: None,
+        }
+    }
+
+    pub fn attempt(mut self, n: u32) -> Self {
+        self.attempt = Some(n);
+        self
+    }
+
+    pub fn error(mut self, e: &str) -> Self {
+        self.error = Some(e.into());
+        self
+    }
+
+    pub fn delay(mut self, d: std::time::Duration) -> Self {
+        self.delay_ms = Some(d.as_millis().min(u64::MAX as u128) as u64);
+        self
     }
 }
 

@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod event;
+pub mod events;
 pub mod ingress;
 pub mod job;
+pub mod metrics;
 pub mod preprocess;
 pub mod router;
 pub mod runners;

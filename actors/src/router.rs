@@ -12,9 +12,12 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::RetryPolicy;
-use crate::job::{JobId, JobOutcome, JobRecord, JobStatus};
+use crate::events::{EventBus, SystemEvent};
+use crate::job::{JobId, JobOutcome, JobRecord, JobStatus, TimelineEntry};
+use crate::metrics;
 use crate::runners::{self, RunContext, RunJob, RunReport, Runnable, RunnerPoolRef};
 use crate::store::Store;
+use crate::triggers::TriggerCounters;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -29,6 +32,8 @@ pub enum RouterMsg {
     /// The runner pool to use (sent once at start: the pool is spawned after the router).
     AttachPool(RunnerPoolRef),
     Stats(RpcReplyPort<RouterStats>),
+    /// Per runnable: (running, waiting for the concurrency limit).
+    RunnableStats(RpcReplyPort<HashMap<String, (usize, usize)>>),
 }
 
 /// A job on its way to the router, with what the source needs to hear when it ends.
@@ -59,6 +64,7 @@ type SettleFn = Box<dyn FnOnce(&JobOutcome) + Send>;
 pub struct AckHandle {
     on_settle: Option<SettleFn>,
     in_flight: Vec<Arc<AtomicUsize>>,
+    counters: Option<Arc<TriggerCounters>>,
 }
 
 impl AckHandle {
@@ -70,7 +76,13 @@ impl AckHandle {
         Self {
             on_settle: Some(Box::new(f)),
             in_flight: Vec::new(),
+            counters: None,
         }
+    }
+
+    /// Counts the job's outcome in its trigger's counters.
+    pub fn count_outcome(&mut self, counters: Arc<TriggerCounters>) {
+        self.counters = Some(counters);
     }
 
     /// Counts the job against a trigger's `max_in_flight` until the handle is dropped.
@@ -79,6 +91,13 @@ impl AckHandle {
     }
 
     pub fn settle(mut self, outcome: &JobOutcome) {
+        if let Some(c) = &self.counters {
+            let counter = match outcome {
+                JobOutcome::Succeeded(_) => &c.jobs_succeeded,
+                JobOutcome::DeadLettered(_) => &c.jobs_dead_lettered,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(f) = self.on_settle.take() {
             f(outcome);
         }
@@ -137,6 +156,7 @@ pub struct RouterArgs {
     pub store: Store,
     pub runnables: HashMap<String, (Arc<Runnable>, Option<usize>)>,
     pub watchers: Arc<Watchers>,
+    pub bus: EventBus,
 }
 
 struct InFlight {
@@ -162,6 +182,7 @@ pub struct RouterState {
     keys: HashMap<String, VecDeque<JobId>>,
     jobs: HashMap<JobId, InFlight>,
     watchers: Arc<Watchers>,
+    bus: EventBus,
 }
 
 impl Actor for JobRouter {
@@ -194,6 +215,7 @@ impl Actor for JobRouter {
             keys: HashMap::new(),
             jobs: HashMap::new(),
             watchers: args.watchers,
+            bus: args.bus,
         })
     }
 
@@ -219,6 +241,14 @@ impl Actor for JobRouter {
             }
             RouterMsg::Stats(reply) => {
                 let _ = reply.send(state.stats());
+            }
+            RouterMsg::RunnableStats(reply) => {
+                let stats = state
+                    .gates
+                    .iter()
+                    .map(|(name, g)| (name.clone(), (g.running, g.waiting.len())))
+                    .collect();
+                let _ = reply.send(stats);
             }
         }
         Ok(())
@@ -283,9 +313,17 @@ impl RouterState {
         job.record.attempts += 1;
         job.record.status = JobStatus::Running;
         job.record.started_at = Some(Utc::now());
+        let attempt = job.record.attempts;
+        job.record
+            .step(TimelineEntry::now("started").attempt(attempt));
         if let Err(e) = self.store.put_job(&job.record) {
             tracing::warn!(job_id = %id, error = %e, "could not record job start");
         }
+        self.bus.publish(SystemEvent::JobStarted {
+            trigger: job.record.trigger.clone(),
+            job_id: id,
+            attempt,
+        });
         let run = RunJob {
             ctx: RunContext {
                 job_id: id,
@@ -331,13 +369,32 @@ impl RouterState {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        if let Ok(d) = (report.finished_at - report.started_at).to_std() {
+            metrics::job_duration(&job.record.trigger, &job.record.runnable, d);
+        }
+        job.record.started_at = Some(report.started_at);
         match report.result {
             Ok(result) => self.settle(id, JobStatus::Succeeded, Ok(result)),
             Err(e) if report.attempt < job.retry.attempts => {
                 let delay = job.retry.delay(report.attempt + 1);
                 job.record.status = JobStatus::Retrying;
                 job.record.error = Some(e.0.clone());
+                job.record.step(
+                    TimelineEntry::now("failed")
+                        .attempt(report.attempt)
+                        .error(&e.0),
+                );
+                job.record
+                    .step(TimelineEntry::now("retry_scheduled").delay(delay));
                 job.retrying = true;
+                metrics::job_outcome(&job.record.trigger, "retried");
+                self.bus.publish(SystemEvent::JobRetrying {
+                    trigger: job.record.trigger.clone(),
+                    job_id: id,
+                    attempt: report.attempt,
+                    error: e.0.clone(),
+                    delay_ms: delay.as_millis().min(u128::from(u64::MAX)) as u64,
+                });
                 job.span.in_scope(|| {
                     tracing::info!(attempt = report.attempt, retry_in = ?delay, error = %e, "job failed; will retry")
                 });
@@ -360,8 +417,34 @@ impl RouterState {
             Ok(v) => (Some(v.clone()), None),
             Err(e) => (None, Some(e.clone())),
         };
-        if let Err(e) = self.store.finish(id, status, value, error) {
-            tracing::error!(job_id = %id, error = %e, "could not record the job's outcome");
+        let finished = match self.store.finish(id, status, value, error) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %e, "could not record the job's outcome");
+                None
+            }
+        };
+        let trigger = job.record.trigger.clone();
+        let attempts = job.record.attempts;
+        match &result {
+            Ok(_) => {
+                metrics::job_outcome(&trigger, "succeeded");
+                self.bus.publish(SystemEvent::JobSucceeded {
+                    trigger,
+                    job_id: id,
+                    attempts,
+                    duration_ms: finished.and_then(|r| r.duration_ms()).unwrap_or(0),
+                });
+            }
+            Err(e) => {
+                metrics::job_outcome(&trigger, "dead_lettered");
+                self.bus.publish(SystemEvent::JobDeadLettered {
+                    trigger,
+                    job_id: id,
+                    attempts,
+                    error: e.clone(),
+                });
+            }
         }
         let outcome = match result {
             Ok(v) => JobOutcome::Succeeded(v),

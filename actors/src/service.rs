@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::ingress::http::{app, IngressState};
 use crate::preprocess::PreprocessorPool;
 use crate::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
@@ -18,7 +19,7 @@ use crate::store::{Store, StoreError};
 use crate::supervisor::{
     Registry, RootMsg, RootSupervisor, SupervisorMsg, TriggerSupervisor, TriggerSupervisorArgs,
 };
-use crate::triggers::Intake;
+use crate::triggers::{Intake, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -40,6 +41,9 @@ pub struct Service {
     pub router: ActorRef<RouterMsg>,
     pub triggers: ActorRef<SupervisorMsg>,
     pub watchers: Arc<Watchers>,
+    pub intake: Intake,
+    pub bus: EventBus,
+    pub started_at: std::time::Instant,
     /// Where the webhook/route listener is bound (useful with port 0).
     pub addr: SocketAddr,
     root: ActorRef<RootMsg>,
@@ -72,6 +76,7 @@ impl Service {
             runnables.insert(name.clone(), (Arc::new(r), rc.concurrency));
         }
         let watchers = Arc::new(Watchers::default());
+        let bus = EventBus::default();
         let (router, _) = Actor::spawn_linked(
             named("job-router"),
             JobRouter,
@@ -79,6 +84,7 @@ impl Service {
                 store: store.clone(),
                 runnables,
                 watchers: watchers.clone(),
+                bus: bus.clone(),
             },
             root.get_cell(),
         )
@@ -106,6 +112,7 @@ impl Service {
             store: store.clone(),
             router: router.clone(),
             preprocessors,
+            bus: bus.clone(),
         };
         let registry = Arc::new(Registry::default());
         let (triggers, _) = Actor::spawn_linked(
@@ -114,7 +121,7 @@ impl Service {
             TriggerSupervisorArgs {
                 config: config.clone(),
                 registry: registry.clone(),
-                intake,
+                intake: intake.clone(),
                 watchers: watchers.clone(),
             },
             root.get_cell(),
@@ -125,11 +132,30 @@ impl Service {
             let name = t.common.name.clone();
             let added = ractor::call!(
                 triggers,
-                crate::supervisor::SupervisorMsg::Add,
-                Box::new(t.clone())
+                SupervisorMsg::Add,
+                Box::new(t.clone()),
+                Source::Config
             )
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
             added.map_err(|e| ServiceError::Config(format!("trigger `{name}`: {e}")))?;
+        }
+        for t in store.api_triggers()? {
+            let name = t.common.name.clone();
+            if config.triggers.iter().any(|c| c.common.name == name) {
+                tracing::warn!(trigger = %name, "trigger added through the API is shadowed by config.toml; the config.toml one runs");
+                continue;
+            }
+            let issues = config.validate_trigger(&t, &mut Default::default());
+            if !issues.is_empty() {
+                let text: Vec<String> = issues.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+                tracing::error!(trigger = %name, problems = %text.join("; "), "trigger added through the API no longer validates against config.toml; it is kept in the store but not started");
+                continue;
+            }
+            let added = ractor::call!(triggers, SupervisorMsg::Add, Box::new(t), Source::Api)
+                .map_err(|e| ServiceError::Spawn(e.to_string()))?;
+            if let Err(e) = added {
+                tracing::error!(trigger = %name, error = %e, "trigger added through the API could not be started");
+            }
         }
 
         recover(&store, &registry, &router, &config)?;
@@ -171,6 +197,9 @@ impl Service {
             router,
             triggers,
             watchers,
+            intake,
+            bus,
+            started_at: std::time::Instant::now(),
             addr,
             root,
             root_handle,
@@ -185,6 +214,11 @@ impl Service {
         let _ = self
             .triggers
             .cast(SupervisorMsg::InjectFault(trigger.to_string()));
+    }
+
+    /// The root of the supervision tree (for status pages).
+    pub fn root(&self) -> ractor::ActorCell {
+        self.root.get_cell()
     }
 
     /// Resolves when the supervision tree stops on its own (a core actor failed).
@@ -224,17 +258,12 @@ fn recover(
     let jobs = unfinished
         .into_iter()
         .map(|record| {
-            let mut ack = AckHandle::none();
-            let retry = match registry.get(&record.trigger) {
-                Some(entry) => {
-                    entry
-                        .runtime
-                        .in_flight
-                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    ack.add_in_flight(entry.runtime.in_flight.clone());
-                    entry.runtime.retry.clone()
-                }
-                None => config.router.retry.clone(),
+            let (ack, retry) = match registry.get(&record.trigger) {
+                Some(entry) => (
+                    entry.runtime.ack_handle(AckHandle::none()),
+                    entry.runtime.retry.clone(),
+                ),
+                None => (AckHandle::none(), config.router.retry.clone()),
             };
             let span = tracing::info_span!("event", trigger = %record.trigger, kind = %record.kind, event_id = %record.event_id, recovered = true);
             RoutedJob {

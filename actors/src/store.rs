@@ -16,7 +16,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::config::StoreConfig;
-use crate::job::{JobId, JobRecord, JobStatus};
+use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
+use crate::triggers::TriggerConfig;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +46,25 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
+/// What an operator set on a trigger through the API, kept across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerFlags {
+    pub enabled: bool,
+    pub suspended: bool,
+}
+
+fn parked_prefix(trigger: &str) -> Vec<u8> {
+    let mut k = trigger.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn parked_key(trigger: &str, id: JobId) -> Vec<u8> {
+    let mut k = parked_prefix(trigger);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct DedupEntry {
     job_ids: Vec<JobId>,
@@ -59,6 +79,9 @@ struct Inner {
     queue: sled::Tree,
     dedup: sled::Tree,
     dead: sled::Tree,
+    parked: sled::Tree,
+    api_triggers: sled::Tree,
+    trigger_flags: sled::Tree,
     commits: mpsc::Sender<Waiter>,
     committer: Option<std::thread::JoinHandle<()>>,
     config: StoreConfig,
@@ -101,6 +124,9 @@ impl Store {
                 queue: db.open_tree("queue")?,
                 dedup: db.open_tree("dedup")?,
                 dead: db.open_tree("dead_letters")?,
+                parked: db.open_tree("parked")?,
+                api_triggers: db.open_tree("api_triggers")?,
+                trigger_flags: db.open_tree("trigger_flags")?,
                 db,
                 commits: tx,
                 committer: Some(committer),
@@ -130,14 +156,167 @@ impl Store {
             self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
         }
         if let Some(event_id) = dedup_event_id {
-            let entry = DedupEntry {
-                job_ids: records.iter().map(|r| r.job_id).collect(),
-                expires_at: Utc::now() + chrono_duration(self.inner.config.dedup_ttl),
-            };
-            self.inner
-                .dedup
-                .insert(event_id.as_bytes(), encode(&entry)?)?;
+            self.put_dedup(event_id, records)?;
         }
+        self.commit().await
+    }
+
+    /// Writes jobs of a suspended trigger: stored, not queued, until released or cancelled.
+    pub async fn park(
+        &self,
+        records: &[JobRecord],
+        dedup_event_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        for r in records {
+            self.put_job(r)?;
+            self.inner
+                .parked
+                .insert(parked_key(&r.trigger, r.job_id), &[])?;
+        }
+        if let Some(event_id) = dedup_event_id {
+            self.put_dedup(event_id, records)?;
+        }
+        self.commit().await
+    }
+
+    /// Moves a trigger's parked jobs to the queue (oldest first) and returns them.
+    pub async fn unpark(&self, trigger: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.parked.scan_prefix(parked_prefix(trigger)) {
+            let (key, _) = item?;
+            let Some(id) = key
+                .get(key.len().saturating_sub(16)..)
+                .and_then(JobId::from_slice)
+            else {
+                continue;
+            };
+            if let Some(r) = self.update_job(id, |r| {
+                r.status = JobStatus::Queued;
+                r.step(TimelineEntry::now("released"));
+            })? {
+                self.inner.queue.insert(id.as_bytes(), &[])?;
+                out.push(r);
+            }
+            self.inner.parked.remove(key)?;
+        }
+        self.commit().await?;
+        Ok(out)
+    }
+
+    /// Cancels a trigger's parked jobs and returns their ids.
+    pub async fn cancel_parked(&self, trigger: &str) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.parked.scan_prefix(parked_prefix(trigger)) {
+            let (key, _) = item?;
+            if let Some(id) = key
+                .get(key.len().saturating_sub(16)..)
+                .and_then(JobId::from_slice)
+            {
+                self.update_job(id, |r| {
+                    r.status = JobStatus::Cancelled;
+                    r.finished_at = Some(Utc::now());
+                    r.step(TimelineEntry::now("cancelled"));
+                })?;
+                out.push(id);
+            }
+            self.inner.parked.remove(key)?;
+        }
+        self.commit().await?;
+        Ok(out)
+    }
+
+    pub fn parked_count(&self, trigger: &str) -> usize {
+        self.inner
+            .parked
+            .scan_prefix(parked_prefix(trigger))
+            .count()
+    }
+
+    fn put_dedup(&self, event_id: &str, records: &[JobRecord]) -> Result<(), StoreError> {
+        let entry = DedupEntry {
+            job_ids: records.iter().map(|r| r.job_id).collect(),
+            expires_at: Utc::now() + chrono_duration(self.inner.config.dedup_ttl),
+        };
+        self.inner
+            .dedup
+            .insert(event_id.as_bytes(), encode(&entry)?)?;
+        Ok(())
+    }
+
+    pub fn remove_dead_letter(&self, id: JobId) -> Result<bool, StoreError> {
+        Ok(self.inner.dead.remove(id.as_bytes())?.is_some())
+    }
+
+    /// Job records newest first, filtered, starting after `before` (exclusive). Returns the
+    /// page and the id to pass as `before` for the next one.
+    pub fn jobs_page(
+        &self,
+        trigger: Option<&str>,
+        status: Option<JobStatus>,
+        limit: usize,
+        before: Option<JobId>,
+    ) -> Result<(Vec<JobRecord>, Option<JobId>), StoreError> {
+        let iter = match before {
+            Some(b) => self.inner.jobs.range(..b.as_bytes().to_vec()),
+            None => self.inner.jobs.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            let (_, v) = item?;
+            let r: JobRecord = decode("jobs", &v)?;
+            if trigger.is_some_and(|t| t != r.trigger) || status.is_some_and(|s| s != r.status) {
+                continue;
+            }
+            if out.len() == limit {
+                let next = out.last().map(|r: &JobRecord| r.job_id);
+                return Ok((out, next));
+            }
+            out.push(r);
+        }
+        Ok((out, None))
+    }
+
+    // ---- triggers added through the API, and operators' enable/suspend flags ----
+
+    pub fn api_triggers(&self) -> Result<Vec<TriggerConfig>, StoreError> {
+        self.inner
+            .api_triggers
+            .iter()
+            .map(|item| {
+                let (_, v) = item?;
+                decode("api_triggers", &v)
+            })
+            .collect()
+    }
+
+    pub async fn put_api_trigger(&self, t: &TriggerConfig) -> Result<(), StoreError> {
+        self.inner
+            .api_triggers
+            .insert(t.name().as_bytes(), encode(t)?)?;
+        self.commit().await
+    }
+
+    pub async fn remove_api_trigger(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.api_triggers.remove(name.as_bytes())?;
+        self.inner.trigger_flags.remove(name.as_bytes())?;
+        self.commit().await
+    }
+
+    pub fn trigger_flags(&self, name: &str) -> Result<Option<TriggerFlags>, StoreError> {
+        match self.inner.trigger_flags.get(name.as_bytes())? {
+            Some(v) => decode("trigger_flags", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn put_trigger_flags(
+        &self,
+        name: &str,
+        flags: TriggerFlags,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .trigger_flags
+            .insert(name.as_bytes(), encode(&flags)?)?;
         self.commit().await
     }
 
@@ -194,6 +373,11 @@ impl Store {
             r.result = result;
             r.error = error.clone();
             r.finished_at = Some(Utc::now());
+            let mut step = TimelineEntry::now(status.as_str()).attempt(r.attempts);
+            if let Some(e) = &error {
+                step = step.error(e);
+            }
+            r.step(step);
         })?;
         if status == JobStatus::DeadLettered {
             if let Some(r) = &record {
@@ -234,10 +418,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Dead letters, newest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.inner
             .dead
             .iter()
+            .rev()
             .map(|item| {
                 let (_, v) = item?;
                 decode("dead_letters", &v)
@@ -291,7 +477,7 @@ impl Store {
             let Ok(r) = decode::<JobRecord>("jobs", &v) else {
                 continue;
             };
-            if r.status == JobStatus::Succeeded
+            if matches!(r.status, JobStatus::Succeeded | JobStatus::Cancelled)
                 || (r.status == JobStatus::DeadLettered && !self.inner.dead.contains_key(&k)?)
             {
                 finished.push((k, r.finished_at.unwrap_or(r.created_at)));

@@ -16,23 +16,48 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::events::SystemEvent;
 use crate::router::Watchers;
+use crate::store::TriggerFlags;
 use crate::triggers::http::RouteTable;
 use crate::triggers::push::{PushArgs, PushMsg, PushTrigger};
-use crate::triggers::{Intake, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState};
+use crate::triggers::{Intake, Source, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
 
 pub enum SupervisorMsg {
     /// Registers a trigger and starts its actor (unless disabled).
-    Add(Box<TriggerConfig>, RpcReplyPort<Result<(), String>>),
+    Add(
+        Box<TriggerConfig>,
+        Source,
+        RpcReplyPort<Result<(), TriggerError>>,
+    ),
+    /// Swaps a trigger for a new definition: the old actor stops, the new one starts.
+    Replace(Box<TriggerConfig>, RpcReplyPort<Result<(), TriggerError>>),
     /// Stops a trigger's actor and forgets the trigger.
-    Remove(String, RpcReplyPort<Result<(), String>>),
+    Remove(String, RpcReplyPort<Result<(), TriggerError>>),
+    /// An operator's enable/disable, remembered across restarts.
+    SetEnabled(String, bool, RpcReplyPort<Result<(), TriggerError>>),
+    /// An operator's suspend/resume, remembered across restarts. Resuming releases the parked
+    /// jobs; the reply is how many.
+    SetSuspended(String, bool, RpcReplyPort<Result<usize, TriggerError>>),
     /// A backoff has passed; start the trigger's actor again.
     Restart(String),
     /// Fails a trigger's actor on purpose (supervision tests, chaos drills).
     InjectFault(String),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TriggerError {
+    #[error("no trigger named `{0}`")]
+    NotFound(String),
+    #[error("a trigger named `{0}` already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,16 +116,31 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    fn rebuild_routes(&self) -> Result<(), String> {
+    /// The route table of every trigger, `candidate` in place of its namesake.
+    fn route_table(&self, candidate: Option<&TriggerConfig>) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
-        for entry in self.all() {
-            if let TriggerSpec::Http(h) = &entry.runtime.config.spec {
+        let mut configs: Vec<TriggerConfig> = self
+            .all()
+            .iter()
+            .map(|e| e.runtime.config.clone())
+            .filter(|c| candidate.is_none_or(|cand| cand.name() != c.name()))
+            .collect();
+        configs.extend(candidate.cloned());
+        for c in &configs {
+            if let TriggerSpec::Http(h) = &c.spec {
                 let method = h
                     .method()
-                    .ok_or_else(|| format!("bad method `{}`", h.method))?;
-                table.insert(&method, &h.path, entry.runtime.name())?;
+                    .ok_or_else(|| format!("method: `{}` is not an HTTP method", h.method))?;
+                table
+                    .insert(&method, &h.path, c.name())
+                    .map_err(|e| format!("path: {e}"))?;
             }
         }
+        Ok(table)
+    }
+
+    fn rebuild_routes(&self) -> Result<(), String> {
+        let table = self.route_table(None)?;
         if let Ok(mut r) = self.routes.write() {
             *r = table;
         }
@@ -151,8 +191,8 @@ pub struct TriggerSupervisorState {
     actors: HashMap<String, ractor::ActorCell>,
     started_at: HashMap<String, Instant>,
     backoff: HashMap<String, Duration>,
-    /// Triggers being stopped on purpose: their termination is not a failure.
-    stopping: HashSet<String>,
+    /// Actors being stopped on purpose: their termination is not a failure.
+    stopping: HashSet<ActorId>,
 }
 
 impl Actor for TriggerSupervisor {
@@ -182,11 +222,20 @@ impl Actor for TriggerSupervisor {
         state: &mut TriggerSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Add(config, reply) => {
-                let _ = reply.send(state.add(&myself, *config).await);
+            SupervisorMsg::Add(config, source, reply) => {
+                let _ = reply.send(state.add(&myself, *config, source).await);
+            }
+            SupervisorMsg::Replace(config, reply) => {
+                let _ = reply.send(state.replace(&myself, *config).await);
             }
             SupervisorMsg::Remove(name, reply) => {
                 let _ = reply.send(state.remove(&name).await);
+            }
+            SupervisorMsg::SetEnabled(name, enabled, reply) => {
+                let _ = reply.send(state.set_enabled(&myself, &name, enabled).await);
+            }
+            SupervisorMsg::SetSuspended(name, suspended, reply) => {
+                let _ = reply.send(state.set_suspended(&name, suspended).await);
             }
             SupervisorMsg::Restart(name) => {
                 if state.args.registry.get(&name).is_some() && !state.actors.contains_key(&name) {
@@ -216,15 +265,19 @@ impl Actor for TriggerSupervisor {
             ),
             _ => return Ok(()),
         };
-        let Some(name) = state.children.remove(&cell.get_id()) else {
+        let id = cell.get_id();
+        let Some(name) = state.children.remove(&id) else {
             return Ok(());
         };
-        state.actors.remove(&name);
-        if let Some(entry) = state.args.registry.get(&name) {
-            entry.set_push_actor(None);
-        }
-        if state.stopping.remove(&name) {
+        if state.stopping.remove(&id) {
+            // Stopped on purpose (disable, replace, remove); a successor may already run.
             return Ok(());
+        }
+        if state.actors.get(&name).is_some_and(|c| c.get_id() == id) {
+            state.actors.remove(&name);
+            if let Some(entry) = state.args.registry.get(&name) {
+                entry.set_push_actor(None);
+            }
         }
         state.failed(&myself, &name, error);
         Ok(())
@@ -232,50 +285,214 @@ impl Actor for TriggerSupervisor {
 }
 
 impl TriggerSupervisorState {
+    fn runtime_for(
+        &self,
+        config: TriggerConfig,
+        source: Source,
+    ) -> Result<TriggerRuntime, TriggerError> {
+        let retry = self.args.config.retry_for(&config);
+        TriggerRuntime::new(config, source, retry, self.args.config.router.max_in_flight)
+            .map_err(TriggerError::Invalid)
+    }
+
+    fn publish_state(&self, rt: &TriggerRuntime) {
+        let last_error = match rt.state() {
+            TriggerState::BackingOff { last_error, .. } => Some(last_error),
+            _ => None,
+        };
+        self.args.intake.bus.publish(SystemEvent::TriggerState {
+            trigger: rt.name().to_string(),
+            state: rt.state_name().to_string(),
+            last_error,
+        });
+    }
+
     async fn add(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         config: TriggerConfig,
-    ) -> Result<(), String> {
+        source: Source,
+    ) -> Result<(), TriggerError> {
         let name = config.common.name.clone();
         if self.args.registry.get(&name).is_some() {
-            return Err(format!("a trigger named `{name}` already exists"));
+            return Err(TriggerError::Exists(name));
         }
-        let retry = self.args.config.retry_for(&config);
-        let runtime = TriggerRuntime::new(config, retry, self.args.config.router.max_in_flight)?;
+        self.args
+            .registry
+            .route_table(Some(&config))
+            .map_err(TriggerError::Invalid)?;
+        let runtime = self.runtime_for(config, source)?;
+        let flags = self
+            .args
+            .intake
+            .store
+            .trigger_flags(&name)
+            .map_err(|e| TriggerError::Store(e.to_string()))?;
+        let enabled = flags.map_or(runtime.config.common.enabled, |f| f.enabled);
+        if let Some(f) = flags {
+            runtime.suspended.store(f.suspended, Ordering::Release);
+        }
+        if !enabled {
+            runtime.set_state(TriggerState::Disabled);
+        }
+        let entry = Arc::new(TriggerEntry {
+            runtime: Arc::new(runtime),
+            push: RwLock::new(None),
+        });
+        if let Ok(mut t) = self.args.registry.triggers.write() {
+            t.insert(name.clone(), entry.clone());
+        }
+        self.args
+            .registry
+            .rebuild_routes()
+            .map_err(TriggerError::Invalid)?;
+        if enabled {
+            self.start(myself, &name).await;
+        } else {
+            self.publish_state(&entry.runtime);
+        }
+        Ok(())
+    }
+
+    async fn replace(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        config: TriggerConfig,
+    ) -> Result<(), TriggerError> {
+        let name = config.common.name.clone();
+        let Some(old) = self.args.registry.get(&name) else {
+            return Err(TriggerError::NotFound(name));
+        };
+        self.args
+            .registry
+            .route_table(Some(&config))
+            .map_err(TriggerError::Invalid)?;
+        let runtime = self.runtime_for(config, old.runtime.source)?;
+        self.stop_actor(&name);
+        // The new definition is authoritative: earlier enable/suspend flags no longer apply.
+        let store = &self.args.intake.store;
+        let flags = TriggerFlags {
+            enabled: runtime.config.common.enabled,
+            suspended: false,
+        };
+        store
+            .put_trigger_flags(&name, flags)
+            .await
+            .map_err(|e| TriggerError::Store(e.to_string()))?;
         let enabled = runtime.config.common.enabled;
         let entry = Arc::new(TriggerEntry {
             runtime: Arc::new(runtime),
             push: RwLock::new(None),
         });
         if let Ok(mut t) = self.args.registry.triggers.write() {
-            t.insert(name.clone(), entry);
+            t.insert(name.clone(), entry.clone());
         }
-        if let Err(e) = self.args.registry.rebuild_routes() {
-            if let Ok(mut t) = self.args.registry.triggers.write() {
-                t.remove(&name);
-            }
-            return Err(e);
-        }
+        self.backoff.remove(&name);
+        self.args
+            .registry
+            .rebuild_routes()
+            .map_err(TriggerError::Invalid)?;
         if enabled {
             self.start(myself, &name).await;
+        } else {
+            self.publish_state(&entry.runtime);
         }
         Ok(())
     }
 
-    async fn remove(&mut self, name: &str) -> Result<(), String> {
-        if self.args.registry.get(name).is_none() {
-            return Err(format!("no trigger named `{name}`"));
-        }
+    fn stop_actor(&mut self, name: &str) {
         if let Some(cell) = self.actors.remove(name) {
-            self.stopping.insert(name.to_string());
+            self.stopping.insert(cell.get_id());
             // Pushed triggers hold no connection; in-flight requests finish in their own tasks.
-            cell.stop(Some("removed".into()));
+            cell.stop(Some("stopped by an operator".into()));
         }
+        if let Some(entry) = self.args.registry.get(name) {
+            entry.set_push_actor(None);
+        }
+    }
+
+    async fn remove(&mut self, name: &str) -> Result<(), TriggerError> {
+        if self.args.registry.get(name).is_none() {
+            return Err(TriggerError::NotFound(name.into()));
+        }
+        self.stop_actor(name);
         if let Ok(mut t) = self.args.registry.triggers.write() {
             t.remove(name);
         }
-        self.args.registry.rebuild_routes()
+        self.backoff.remove(name);
+        self.args.intake.bus.publish(SystemEvent::TriggerState {
+            trigger: name.into(),
+            state: "removed".into(),
+            last_error: None,
+        });
+        self.args
+            .registry
+            .rebuild_routes()
+            .map_err(TriggerError::Invalid)
+    }
+
+    async fn set_enabled(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        name: &str,
+        enabled: bool,
+    ) -> Result<(), TriggerError> {
+        let entry = self
+            .args
+            .registry
+            .get(name)
+            .ok_or_else(|| TriggerError::NotFound(name.into()))?;
+        let flags = TriggerFlags {
+            enabled,
+            suspended: entry.runtime.is_suspended(),
+        };
+        self.args
+            .intake
+            .store
+            .put_trigger_flags(name, flags)
+            .await
+            .map_err(|e| TriggerError::Store(e.to_string()))?;
+        let disabled_now = entry.runtime.state() == TriggerState::Disabled;
+        if enabled && disabled_now {
+            entry.runtime.set_state(TriggerState::Starting);
+            self.start(myself, name).await;
+        } else if !enabled && !disabled_now {
+            self.stop_actor(name);
+            entry.runtime.set_state(TriggerState::Disabled);
+            self.publish_state(&entry.runtime);
+            tracing::info!(trigger = name, "trigger disabled");
+        }
+        Ok(())
+    }
+
+    async fn set_suspended(&mut self, name: &str, suspended: bool) -> Result<usize, TriggerError> {
+        let entry = self
+            .args
+            .registry
+            .get(name)
+            .ok_or_else(|| TriggerError::NotFound(name.into()))?;
+        let flags = TriggerFlags {
+            enabled: entry.runtime.state() != TriggerState::Disabled,
+            suspended,
+        };
+        self.args
+            .intake
+            .store
+            .put_trigger_flags(name, flags)
+            .await
+            .map_err(|e| TriggerError::Store(e.to_string()))?;
+        entry.runtime.suspended.store(suspended, Ordering::Release);
+        self.publish_state(&entry.runtime);
+        if suspended {
+            tracing::info!(trigger = name, "trigger suspended: new jobs are parked");
+            return Ok(0);
+        }
+        tracing::info!(trigger = name, "trigger resumed");
+        self.args
+            .intake
+            .release_parked(&entry.runtime)
+            .await
+            .map_err(|e| TriggerError::Store(e.to_string()))
     }
 
     async fn start(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) {
@@ -305,6 +522,7 @@ impl TriggerSupervisorState {
                 self.actors.insert(name.to_string(), cell);
                 self.started_at.insert(name.to_string(), Instant::now());
                 rt.set_state(TriggerState::Running);
+                self.publish_state(&rt);
                 tracing::info!(trigger = name, "trigger running");
             }
             Err(e) => self.failed(myself, name, format!("could not start: {e}")),
@@ -329,6 +547,7 @@ impl TriggerSupervisorState {
         // Jitter in [base/2, base]: triggers that failed together do not come back together.
         let delay = base.mul_f64(0.5 + rand::random::<f64>() * 0.5);
         entry.runtime.restarts.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::trigger_restarted(name);
         let next = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         tracing::warn!(trigger = name, error = %error, retry_in = ?delay, "trigger failed; restarting after backoff");
         entry.runtime.set_state(TriggerState::BackingOff {
@@ -336,6 +555,7 @@ impl TriggerSupervisorState {
             next_attempt: next.to_rfc3339(),
             retry_in: delay,
         });
+        self.publish_state(&entry.runtime);
         let name = name.to_string();
         myself.send_after(delay, move || SupervisorMsg::Restart(name));
     }

@@ -6,13 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use millgate::app::App;
 use millgate_actors::job::{JobId, JobRecord, JobStatus};
-use millgate_actors::Service;
 use serde_json::Value;
 
+pub const ADMIN_TOKEN: &str = "admin-token";
+
 pub struct TestService {
-    pub service: Service,
+    pub app: App,
+    /// The webhook/route listener.
     pub base: String,
+    /// The admin listener.
+    pub admin: String,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
 }
@@ -27,6 +32,10 @@ sync_timeout = "5s"
 
 [store]
 path = "{}"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "admin-token"
 "#,
         dir.join("data").display()
     )
@@ -45,11 +54,16 @@ impl TestService {
         let text = text.replace("{DIR}", &dir.path().display().to_string());
         let config = millgate::load_str(&text, "test.toml", |k| std::env::var(k).ok())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-        let service = Service::start(config).await.expect("service starts");
-        let base = format!("http://{}", service.addr);
+        let app = App::start(config).await.expect("service starts");
+        let base = format!("http://{}", app.service.addr);
+        let admin = app
+            .admin_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
         Self {
-            service,
+            app,
             base,
+            admin,
             dir,
             client: reqwest::Client::new(),
         }
@@ -65,7 +79,7 @@ impl TestService {
 
     pub fn job(&self, id: &str) -> Option<JobRecord> {
         let id: JobId = id.parse().expect("job id");
-        self.service.store.get_job(id).expect("store read")
+        self.app.service.store.get_job(id).expect("store read")
     }
 
     /// Waits until the job reaches a final status, and returns its record.
@@ -88,7 +102,8 @@ impl TestService {
 
     /// All job records of a trigger.
     pub fn jobs_of(&self, trigger: &str) -> Vec<JobRecord> {
-        self.service
+        self.app
+            .service
             .store
             .jobs(Some(trigger), usize::MAX)
             .expect("store read")
@@ -106,8 +121,26 @@ impl TestService {
     }
 
     pub async fn stop(self) -> tempfile::TempDir {
-        self.service.stop().await;
+        self.app.stop().await;
         self.dir
+    }
+
+    /// An admin API request with the admin token.
+    pub fn admin_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.admin, path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// `GET` on the admin API: (status, JSON body).
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .admin_req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("admin request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 }
 

@@ -215,24 +215,15 @@ async fn read_request(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match read_limited(body, limit, declared).await {
         Ok(b) => b,
-        Err(e) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return Err(if over {
-                too_large()
-            } else {
-                err(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("could not read the body: {e}"),
-                )
-            });
+        Err(BodyError::TooLarge) => return Err(too_large()),
+        Err(BodyError::Broken(e)) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the body: {e}"),
+            ))
         }
     };
     let query = parts
@@ -248,6 +239,50 @@ async fn read_request(
         body,
         params,
     })
+}
+
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads the body up to `limit`. Past it, the rest is read and dropped (up to a bound) before
+/// the 413 goes out: a server that answers while the client is still sending makes most clients
+/// see a reset connection instead of the answer.
+async fn read_limited(
+    mut body: Body,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    const DRAIN_MAX: usize = 16 * 1024 * 1024;
+    let drain_until = limit.saturating_mul(4).clamp(64 * 1024, DRAIN_MAX);
+    if declared.is_some_and(|n| n > drain_until) {
+        // Too far over to be worth reading: refuse at once.
+        return Err(BodyError::TooLarge);
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+        .await
+        .map_err(|_| BodyError::Broken("timed out".into()))?
+    {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > drain_until {
+            return Err(BodyError::TooLarge);
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(buf.freeze())
 }
 
 /// `GET /jobs/{id}`: the job's status and outcome, for whoever holds the credentials of the

@@ -124,7 +124,7 @@ impl RouteTable {
     pub fn insert(&mut self, method: &Method, path: &str, name: &str) -> Result<(), String> {
         let pattern = to_matchit(path)?;
         let router = self.routers.entry(method.clone()).or_default();
-        router.insert(pattern, name.to_string()).map_err(|e| {
+        router.insert(pattern, name.to_string()).map_err(|_| {
             let owner = self
                 .entries
                 .iter()
@@ -132,7 +132,7 @@ impl RouteTable {
                 .map(|(_, p, n)| format!("`{p}` of trigger `{n}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("{method} {path} conflicts with an existing route ({e}); routes for {method}: {owner}")
+            format!("{method} {path} conflicts with an existing route: {owner}")
         })?;
         self.entries
             .push((method.clone(), path.to_string(), name.to_string()));

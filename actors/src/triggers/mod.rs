@@ -10,7 +10,7 @@ pub mod http_auth;
 pub mod push;
 pub mod webhook;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use serde_json::{Map, Value};
 
 use crate::config::{PreprocessorConfig, RetryPolicy};
 use crate::event::Event;
-use crate::job::{JobId, JobRecord};
+use crate::events::{EventBus, SystemEvent};
+use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
+use crate::metrics;
 use crate::preprocess::{JqFilter, PreprocessError, Preprocessor, PreprocessorPool};
 use crate::router::{AckHandle, RoutedJob, RouterMsg};
 use crate::store::{Store, StoreError};
@@ -89,11 +91,11 @@ impl TriggerConfig {
                 common.insert((*key).to_string(), v);
             }
         }
-        let name = common
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("<unnamed>")
-            .to_string();
+        let name = match common.get("name") {
+            Some(Value::String(n)) => n.clone(),
+            Some(_) => return Err("`name` must be a string".into()),
+            None => return Err("missing key `name`".into()),
+        };
         let kind = match common.get("kind") {
             Some(Value::String(k)) => k.clone(),
             Some(_) => return Err(format!("trigger `{name}`: `kind` must be a string")),
@@ -105,12 +107,12 @@ impl TriggerConfig {
                 KINDS.join(", ")
             ));
         }
-        let common: TriggerCommon = serde_json::from_value(Value::Object(common))
-            .map_err(|e| format!("trigger `{name}`: {e}"))?;
+        let common: TriggerCommon =
+            keyed(Value::Object(common)).map_err(|e| format!("trigger `{name}`: {e}"))?;
         let rest = Value::Object(map);
         let spec = match kind.as_str() {
-            "webhook" => serde_json::from_value(rest).map(TriggerSpec::Webhook),
-            "http" => serde_json::from_value(rest).map(TriggerSpec::Http),
+            "webhook" => keyed(rest).map(TriggerSpec::Webhook),
+            "http" => keyed(rest).map(TriggerSpec::Http),
             _ => unreachable!("checked against KINDS above"),
         }
         .map_err(|e| {
@@ -148,6 +150,18 @@ impl TriggerConfig {
             TriggerSpec::Http(h) => Some(h.mode),
         }
     }
+}
+
+/// Deserializes, prefixing the error with the key it is about (`mode: unknown variant …`).
+fn keyed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
 }
 
 impl<'de> Deserialize<'de> for TriggerConfig {
@@ -188,26 +202,111 @@ pub enum TriggerState {
     Disabled,
 }
 
+/// Where a trigger was defined: `config.toml` wins over the API on a name clash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+/// A trigger's counters (shown by the API; Prometheus has its own).
+#[derive(Debug, Default)]
+pub struct TriggerCounters {
+    pub events_received: AtomicU64,
+    pub events_filtered: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub jobs_created: AtomicU64,
+    pub jobs_succeeded: AtomicU64,
+    pub jobs_dead_lettered: AtomicU64,
+    pub rejected_busy: AtomicU64,
+}
+
+impl TriggerCounters {
+    pub fn snapshot(&self) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "events_received": get(&self.events_received),
+            "events_filtered": get(&self.events_filtered),
+            "events_duplicate": get(&self.events_duplicate),
+            "jobs_created": get(&self.jobs_created),
+            "jobs_succeeded": get(&self.jobs_succeeded),
+            "jobs_dead_lettered": get(&self.jobs_dead_lettered),
+            "rejected_busy": get(&self.rejected_busy),
+        })
+    }
+}
+
+/// Events per second over the last minute: 60 one-second buckets.
+#[derive(Debug)]
+pub struct RateWindow {
+    buckets: Mutex<([u32; 60], u64)>,
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        Self {
+            buckets: Mutex::new(([0; 60], 0)),
+        }
+    }
+}
+
+impl RateWindow {
+    fn now_sec() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn advance(b: &mut ([u32; 60], u64), now: u64) {
+        let (buckets, last) = b;
+        if now > *last {
+            let gap = (now - *last).min(60);
+            for i in 1..=gap {
+                buckets[((*last + i) % 60) as usize] = 0;
+            }
+            *last = now;
+        }
+    }
+
+    pub fn record(&self) {
+        let now = Self::now_sec();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        Self::advance(&mut b, now);
+        let slot = (now % 60) as usize;
+        b.0[slot] = b.0[slot].saturating_add(1);
+    }
+
+    pub fn per_second(&self) -> f64 {
+        let now = Self::now_sec();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        Self::advance(&mut b, now);
+        f64::from(b.0.iter().sum::<u32>()) / 60.0
+    }
+}
+
 /// Per-trigger state that outlives any one actor incarnation.
 pub struct TriggerRuntime {
     pub config: TriggerConfig,
+    pub source: Source,
     pub preprocessor: Preprocessor,
     pub order_by: Option<JqFilter>,
     pub retry: RetryPolicy,
     pub max_in_flight: usize,
     pub in_flight: Arc<AtomicUsize>,
+    /// Events are accepted and acknowledged, their jobs parked instead of run.
+    pub suspended: AtomicBool,
     pub state: Mutex<TriggerState>,
     pub restarts: AtomicU64,
-    pub events_received: AtomicU64,
-    pub events_filtered: AtomicU64,
-    pub events_duplicate: AtomicU64,
-    pub jobs_created: AtomicU64,
-    pub rejected_busy: AtomicU64,
+    pub counters: Arc<TriggerCounters>,
+    pub rate: RateWindow,
 }
 
 impl TriggerRuntime {
     pub fn new(
         config: TriggerConfig,
+        source: Source,
         retry: RetryPolicy,
         default_max_in_flight: usize,
     ) -> Result<Self, String> {
@@ -232,22 +331,25 @@ impl TriggerRuntime {
         Ok(Self {
             max_in_flight: config.common.max_in_flight.unwrap_or(default_max_in_flight),
             config,
+            source,
             preprocessor,
             order_by,
             retry,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            suspended: AtomicBool::new(false),
             state: Mutex::new(state),
             restarts: AtomicU64::new(0),
-            events_received: AtomicU64::new(0),
-            events_filtered: AtomicU64::new(0),
-            events_duplicate: AtomicU64::new(0),
-            jobs_created: AtomicU64::new(0),
-            rejected_busy: AtomicU64::new(0),
+            counters: Arc::new(TriggerCounters::default()),
+            rate: RateWindow::default(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.config.common.name
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.config.common.kind
     }
 
     pub fn state(&self) -> TriggerState {
@@ -264,9 +366,32 @@ impl TriggerRuntime {
         }
     }
 
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
+
+    /// The state as the API names it (`suspended` is a running trigger that parks its jobs).
+    pub fn state_name(&self) -> &'static str {
+        match self.state() {
+            TriggerState::Starting => "starting",
+            TriggerState::Running if self.is_suspended() => "suspended",
+            TriggerState::Running => "running",
+            TriggerState::BackingOff { .. } => "backing_off",
+            TriggerState::Disabled => "disabled",
+        }
+    }
+
     /// True when the trigger may take another event; the caller then counts it in flight.
     pub fn has_capacity(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) < self.max_in_flight
+    }
+
+    /// An acknowledgement handle counting the job in flight and in this trigger's outcomes.
+    pub fn ack_handle(&self, mut handle: AckHandle) -> AckHandle {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        handle.add_in_flight(self.in_flight.clone());
+        handle.count_outcome(self.counters.clone());
+        handle
     }
 }
 
@@ -275,6 +400,8 @@ impl TriggerRuntime {
 pub enum Accepted {
     /// Durably queued as these jobs.
     Queued(Vec<JobId>),
+    /// Durably stored as these jobs, parked because the trigger is suspended.
+    Parked(Vec<JobId>),
     /// The preprocessor produced no job; the event is acknowledged.
     Filtered,
     /// The event id was seen within the dedup window; these are the jobs it created then.
@@ -289,6 +416,8 @@ pub enum IntakeError {
     Store(#[from] StoreError),
     #[error("the job router is not running")]
     RouterDown,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The shared path from event to durably queued jobs: dedup, preprocess, order key, persist,
@@ -298,6 +427,7 @@ pub struct Intake {
     pub store: Store,
     pub router: ractor::ActorRef<RouterMsg>,
     pub preprocessors: PreprocessorPool,
+    pub bus: EventBus,
 }
 
 impl Intake {
@@ -309,56 +439,96 @@ impl Intake {
         event: Event,
         mut ack: impl FnMut(JobId) -> AckHandle,
     ) -> Result<Accepted, IntakeError> {
-        rt.events_received.fetch_add(1, Ordering::Relaxed);
+        let name = rt.name();
+        rt.counters.events_received.fetch_add(1, Ordering::Relaxed);
+        rt.rate.record();
+        metrics::event_received(name, rt.kind());
+        self.bus.publish(SystemEvent::EventReceived {
+            trigger: name.into(),
+            event_id: event.id.clone(),
+        });
         if event.dedup {
             if let Some(ids) = self.store.dedup_get(&event.id)? {
-                rt.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                rt.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                metrics::event_deduplicated(name, rt.kind());
                 tracing::info!(event_id = %event.id, "duplicate event, returning its earlier jobs");
+                self.bus.publish(SystemEvent::EventDuplicate {
+                    trigger: name.into(),
+                    event_id: event.id.clone(),
+                    job_ids: ids.clone(),
+                });
                 return Ok(Accepted::Duplicate(ids));
             }
         }
         let payload = Arc::new(event.payload);
         let outputs = self
             .preprocessors
-            .run(
-                &rt.preprocessor,
-                payload.clone(),
-                rt.config.common.kind.as_str(),
-            )
+            .run(&rt.preprocessor, payload.clone(), rt.kind())
             .await?;
         if outputs.is_empty() {
-            rt.events_filtered.fetch_add(1, Ordering::Relaxed);
+            rt.counters.events_filtered.fetch_add(1, Ordering::Relaxed);
+            metrics::event_filtered(name, rt.kind());
             tracing::info!(event_id = %event.id, "event filtered by preprocessor");
+            self.bus.publish(SystemEvent::EventFiltered {
+                trigger: name.into(),
+                event_id: event.id.clone(),
+            });
             return Ok(Accepted::Filtered);
         }
         let order_key = rt.order_by.as_ref().map(|f| order_key(f, &payload));
+        let parked = rt.is_suspended();
         let records: Vec<JobRecord> = outputs
             .into_iter()
             .map(|args| {
-                JobRecord::new(
-                    rt.name(),
-                    &rt.config.common.kind,
+                let mut r = JobRecord::new(
+                    name,
+                    rt.kind(),
                     &rt.config.common.runnable,
                     &event.id,
                     args,
                     (*payload).clone(),
                     order_key.clone(),
-                )
+                );
+                if parked {
+                    r.status = JobStatus::Parked;
+                    r.timeline = vec![TimelineEntry::now("parked")];
+                }
+                r
             })
             .collect();
         let ids: Vec<JobId> = records.iter().map(|r| r.job_id).collect();
-        self.store
-            .enqueue(&records, event.dedup.then_some(event.id.as_str()))
-            .await?;
-        rt.jobs_created
+        let dedup_id = event.dedup.then_some(event.id.as_str());
+        if parked {
+            self.store.park(&records, dedup_id).await?;
+        } else {
+            self.store.enqueue(&records, dedup_id).await?;
+        }
+        rt.counters
+            .jobs_created
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        for r in &records {
+            self.bus.publish(if parked {
+                SystemEvent::JobParked {
+                    trigger: name.into(),
+                    job_id: r.job_id,
+                }
+            } else {
+                SystemEvent::JobQueued {
+                    trigger: name.into(),
+                    job_id: r.job_id,
+                    event_id: event.id.clone(),
+                }
+            });
+        }
+        if parked {
+            tracing::info!(jobs = ids.len(), "trigger suspended: jobs parked");
+            return Ok(Accepted::Parked(ids));
+        }
         let span = tracing::Span::current();
         let jobs = records
             .into_iter()
             .map(|record| {
-                rt.in_flight.fetch_add(1, Ordering::AcqRel);
-                let mut handle = ack(record.job_id);
-                handle.add_in_flight(rt.in_flight.clone());
+                let handle = rt.ack_handle(ack(record.job_id));
                 let span = tracing::info_span!(parent: &span, "job", job_id = %record.job_id);
                 RoutedJob {
                     record,
@@ -372,6 +542,96 @@ impl Intake {
             .cast(RouterMsg::Submit(jobs))
             .map_err(|_| IntakeError::RouterDown)?;
         Ok(Accepted::Queued(ids))
+    }
+
+    /// Releases a trigger's parked jobs to run, in arrival order. Returns how many.
+    pub async fn release_parked(&self, rt: &TriggerRuntime) -> Result<usize, IntakeError> {
+        let records = self.store.unpark(rt.name()).await?;
+        let n = records.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let jobs = records
+            .into_iter()
+            .map(|record| {
+                let span = tracing::info_span!("job", trigger = %record.trigger, job_id = %record.job_id, released = true);
+                RoutedJob {
+                    ack: rt.ack_handle(AckHandle::none()),
+                    retry: rt.retry.clone(),
+                    record,
+                    span,
+                }
+            })
+            .collect();
+        self.router
+            .cast(RouterMsg::Submit(jobs))
+            .map_err(|_| IntakeError::RouterDown)?;
+        tracing::info!(trigger = rt.name(), jobs = n, "parked jobs released");
+        Ok(n)
+    }
+
+    /// Drops a trigger's parked jobs (status `cancelled`). Returns how many.
+    pub async fn cancel_parked(&self, trigger: &str) -> Result<usize, IntakeError> {
+        let ids = self.store.cancel_parked(trigger).await?;
+        for id in &ids {
+            metrics::job_outcome(trigger, "cancelled");
+            self.bus.publish(SystemEvent::JobCancelled {
+                trigger: trigger.into(),
+                job_id: *id,
+            });
+        }
+        Ok(ids.len())
+    }
+
+    /// Runs a finished job again as a new job linked to it. A replayed dead letter leaves the
+    /// dead letters. `rt` is the job's trigger, when it still exists.
+    pub async fn replay(
+        &self,
+        old: &JobRecord,
+        rt: Option<&TriggerRuntime>,
+        default_retry: &RetryPolicy,
+    ) -> Result<JobId, IntakeError> {
+        if !old.status.is_final() {
+            return Err(IntakeError::Refused(format!(
+                "job {} is {}; only finished jobs can be replayed",
+                old.job_id,
+                old.status.as_str()
+            )));
+        }
+        let mut record = JobRecord::new(
+            &old.trigger,
+            &old.kind,
+            &old.runnable,
+            &old.event_id,
+            old.args.clone(),
+            old.event.clone(),
+            old.order_key.clone(),
+        );
+        record.replay_of = Some(old.job_id);
+        let id = record.job_id;
+        self.store
+            .enqueue(std::slice::from_ref(&record), None)
+            .await?;
+        self.store.remove_dead_letter(old.job_id)?;
+        self.bus.publish(SystemEvent::JobQueued {
+            trigger: old.trigger.clone(),
+            job_id: id,
+            event_id: old.event_id.clone(),
+        });
+        let (ack, retry) = match rt {
+            Some(rt) => (rt.ack_handle(AckHandle::none()), rt.retry.clone()),
+            None => (AckHandle::none(), default_retry.clone()),
+        };
+        let span = tracing::info_span!("job", trigger = %record.trigger, job_id = %id, replay_of = %old.job_id);
+        self.router
+            .cast(RouterMsg::Submit(vec![RoutedJob {
+                record,
+                retry,
+                ack,
+                span,
+            }]))
+            .map_err(|_| IntakeError::RouterDown)?;
+        Ok(id)
     }
 }
 

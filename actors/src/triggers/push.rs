@@ -156,7 +156,8 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
         return;
     }
     if !rt.has_capacity() {
-        rt.rejected_busy
+        rt.counters
+            .rejected_busy
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut r = PushResponse::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -236,11 +237,20 @@ async fn journey(
         Err(e) => {
             tracing::error!(error = %e, "event not accepted");
             let status = match e {
-                super::IntakeError::Preprocess(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                super::IntakeError::Preprocess(_) | super::IntakeError::Refused(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             PushResponse::error(status, "not_accepted", e.to_string())
         }
+        Ok(Accepted::Parked(ids)) => PushResponse::json(
+            StatusCode::ACCEPTED,
+            json!({
+                "job_id": ids.first(), "job_ids": ids, "event_id": event_id, "parked": true,
+                "message": format!("trigger `{}` is suspended: the jobs are stored and run when it is resumed", rt.name()),
+            }),
+        ),
         Ok(Accepted::Filtered) => PushResponse::json(
             StatusCode::OK,
             json!({"filtered": true, "event_id": event_id}),

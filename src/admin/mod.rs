@@ -1,0 +1,168 @@
+//! The admin listener: the API (`api`), Prometheus metrics (`metrics`), the live event stream
+//! and the dashboard (`dashboard`). Contract: docs/admin-api.md.
+
+pub mod api;
+pub mod dashboard;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use millgate_actors::Service;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+/// What the admin handlers reach.
+#[derive(Clone)]
+pub struct AdminState {
+    pub service: Arc<ServiceView>,
+    token: Arc<str>,
+}
+
+/// The parts of a running service the admin API uses (cheap clones of the service's handles).
+pub struct ServiceView {
+    pub config: Arc<millgate_actors::Config>,
+    pub store: millgate_actors::store::Store,
+    pub registry: Arc<millgate_actors::supervisor::Registry>,
+    pub router: ractor::ActorRef<millgate_actors::router::RouterMsg>,
+    pub triggers: ractor::ActorRef<millgate_actors::supervisor::SupervisorMsg>,
+    pub intake: millgate_actors::triggers::Intake,
+    pub bus: millgate_actors::events::EventBus,
+    pub root: ractor::ActorCell,
+    pub started_at: std::time::Instant,
+}
+
+impl AdminState {
+    pub fn new(service: &Service, token: String) -> Self {
+        Self {
+            service: Arc::new(ServiceView {
+                config: service.config.clone(),
+                store: service.store.clone(),
+                registry: service.registry.clone(),
+                router: service.router.clone(),
+                triggers: service.triggers.clone(),
+                intake: service.intake.clone(),
+                bus: service.bus.clone(),
+                root: service.root(),
+                started_at: service.started_at,
+            }),
+            token: token.into(),
+        }
+    }
+}
+
+/// `{"error": {"code", "message"}}` with a status.
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// Bearer token (or `?token=`, for EventSource and links), compared in constant time.
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let from_header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let from_query = req.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    });
+    match from_header.or(from_query) {
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid admin token",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing admin token: send `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// The admin listener's routes.
+pub fn router(state: AdminState) -> Router {
+    let (api, openapi) = api::routes().split_for_parts();
+    let openapi = Arc::new(openapi);
+    let protected = api
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/metrics", axum::routing::get(metrics::render))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(api::readyz))
+        .merge(dashboard::routes())
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!(
+                "no admin route {} {}",
+                req.method(),
+                req.uri().path()
+            ))
+        })
+        .with_state(state)
+}

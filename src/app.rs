@@ -1,0 +1,86 @@
+//! The whole application: the service (actors, store, ingress) plus the admin listener.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use millgate_actors::{Config, Service, ServiceError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("cannot listen on {addr} (admin): {reason}")]
+    AdminListen { addr: String, reason: String },
+}
+
+pub struct App {
+    pub service: Service,
+    /// Where the admin API is bound, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+}
+
+impl App {
+    pub async fn start(config: Config) -> Result<Self, AppError> {
+        let admin_config = config.admin.clone();
+        if admin_config.is_some() {
+            // Installed before anything is counted, so no early event is missing from /metrics.
+            admin::metrics::handle();
+        }
+        let service = Service::start(config).await?;
+        let Some(admin_config) = admin_config else {
+            return Ok(Self {
+                service,
+                admin_addr: None,
+                admin: None,
+            });
+        };
+        let listener = tokio::net::TcpListener::bind(&admin_config.listen)
+            .await
+            .map_err(|e| AppError::AdminListen {
+                addr: admin_config.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let addr = listener.local_addr().map_err(|e| AppError::AdminListen {
+            addr: admin_config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let router = admin::router(admin::AdminState::new(&service, admin_config.token));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tracing::info!(%addr, "admin API and dashboard listening");
+        Ok(Self {
+            service,
+            admin_addr: Some(addr),
+            admin: Some((server, stop_tx)),
+        })
+    }
+
+    /// Resolves when the supervision tree stops on its own (a core actor failed).
+    pub async fn stopped(&mut self) {
+        self.service.stopped().await;
+    }
+
+    pub async fn stop(self) {
+        if let Some((server, stop)) = self.admin {
+            let _ = stop.send(true);
+            // SSE streams never end on their own; give them a moment, then move on.
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        }
+        self.service.stop().await;
+    }
+}

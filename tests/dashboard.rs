@@ -1,0 +1,168 @@
+//! The dashboard in a real headless Chromium: a real millgate (ingress + admin listener, sled in
+//! a temp dir) and `tests/dashboard/e2e.mjs` (playwright-core driving Debian's chromium) doing
+//! what an operator would — log in, add a trigger, watch its job live, disable it, read the
+//! inline error of a bad trigger, replay a dead letter. `scripts/services.sh` installs chromium
+//! and the script's npm packages.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use millgate::app::App;
+
+const TOKEN: &str = "dashboard-e2e-admin-token";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole browser scenario; each of its steps has its own 15 s limit.
+const E2E_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+sync_timeout = "5s"
+
+[store]
+path = "{data}"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[runnables.echo]
+kind = "echo"
+
+[runnables.fail]
+command = ["sh", "-c", "echo 'boom: always fails' >&2; exit 3"]
+
+# Fails at once, without retries: its jobs become dead letters.
+[[triggers]]
+name = "cfg-fail"
+kind = "webhook"
+runnable = "fail"
+retry = {{ attempts = 1, initial = "100ms", max = "100ms" }}
+"#,
+        data = dir.join("data").display()
+    )
+}
+
+fn setup_hint() -> &'static str {
+    "run scripts/services.sh (it installs Debian's chromium and the npm packages of tests/dashboard)"
+}
+
+/// Node, npm and chromium are there, and `tests/dashboard/node_modules` is installed (`npm ci`
+/// when it is missing). Panics, naming what is missing, otherwise: this test is never skipped.
+async fn prepare(e2e_dir: &Path) -> PathBuf {
+    let chromium =
+        std::env::var_os("CHROMIUM_PATH").map_or_else(|| PathBuf::from(CHROMIUM), PathBuf::from);
+    assert!(
+        chromium.exists(),
+        "chromium not found at {}: {}",
+        chromium.display(),
+        setup_hint()
+    );
+    for tool in ["node", "npm"] {
+        let found = tokio::process::Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        assert!(found, "`{tool}` not found on PATH: {}", setup_hint());
+    }
+    if !e2e_dir.join("node_modules/playwright-core").exists() {
+        let out = tokio::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(e2e_dir)
+            .output()
+            .await
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "`npm ci` in {} failed ({}):\n{}\n{}\n{}",
+            e2e_dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            setup_hint()
+        );
+    }
+    chromium
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let e2e_dir = root.join("tests/dashboard");
+    let chromium = prepare(&e2e_dir).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path());
+    let config = millgate::load_str(&text, "dashboard.toml", |k| std::env::var(k).ok())
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+    let app = App::start(config).await.expect("millgate starts");
+    let admin = format!(
+        "http://{}",
+        app.admin_addr.expect("the [admin] listener is started")
+    );
+    let ingress = format!("http://{}", app.service.addr);
+
+    // The page and its assets are served without a token, with their content types.
+    let client = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/style.css", "text/css"),
+    ] {
+        let resp = client
+            .get(format!("{admin}{path}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(resp.status(), 200, "GET {path}");
+        let got = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            got.starts_with(content_type),
+            "GET {path}: content-type {got:?}, expected {content_type}"
+        );
+    }
+
+    let screenshot = root.join("target/dashboard-e2e.png");
+    let child = tokio::process::Command::new("node")
+        .arg(e2e_dir.join("e2e.mjs"))
+        .arg(&admin)
+        .arg(&ingress)
+        .env("MILLGATE_ADMIN_TOKEN", TOKEN)
+        .env("CHROMIUM_PATH", &chromium)
+        .env("DASHBOARD_SCREENSHOT", &screenshot)
+        .current_dir(&e2e_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let out = tokio::time::timeout(E2E_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the browser test did not finish within {E2E_TIMEOUT:?}"))
+        .expect("node runs");
+    let report = format!(
+        "--- e2e.mjs stdout\n{}--- e2e.mjs stderr\n{}--- screenshot: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        screenshot.display()
+    );
+    app.stop().await;
+    assert!(
+        out.status.success(),
+        "the dashboard browser test failed ({}):\n{report}",
+        out.status
+    );
+    println!("{report}");
+}
