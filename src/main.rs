@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use millgate::app::App;
 use millgate::{init_tracing, load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
-use millgate_actors::triggers::TriggerSpec;
 use millgate_actors::Config;
 
 #[derive(Parser)]
@@ -152,25 +151,15 @@ fn print_summary(c: &Config) {
     }
     println!("triggers:");
     for t in &c.triggers {
-        let (mode, endpoint) = match &t.spec {
-            TriggerSpec::Webhook(w) => (w.mode, format!("POST /hooks/{}", t.common.name)),
-            TriggerSpec::Http(h) => (
-                h.mode,
-                format!(
-                    "{} {} (auth {})",
-                    h.method.to_uppercase(),
-                    h.path,
-                    h.auth.label()
-                ),
-            ),
-        };
+        let mode = t.mode().map(|m| format!(", {m:?}")).unwrap_or_default();
+        let endpoint = t.endpoint();
         let pre = match &t.common.preprocessor {
             Some(p) if p.jq.is_some() => " jq",
             Some(_) => " command",
             None => "",
         };
         println!(
-            "  {} [{}, {:?}{}{}] {endpoint} -> {}",
+            "  {} [{}{}{}{}] {endpoint} -> {}",
             t.common.name,
             t.common.kind,
             mode,

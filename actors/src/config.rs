@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::preprocess::Preprocessor;
-use crate::triggers::{TriggerConfig, TriggerSpec};
+use crate::triggers::TriggerConfig;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -438,10 +438,7 @@ impl Config {
         if c.max_in_flight == Some(0) {
             issues.push(("max_in_flight".into(), "must be at least 1".into()));
         }
-        match &trigger.spec {
-            TriggerSpec::Webhook(w) => issues.extend(w.validate()),
-            TriggerSpec::Http(h) => issues.extend(h.validate(&c.name, routes)),
-        }
+        issues.extend(trigger.spec.validate(&c.name, routes));
         issues
     }
 

@@ -500,8 +500,15 @@ impl TriggerSupervisorState {
             return;
         };
         let rt = entry.runtime.clone();
-        let spawned = match &rt.config.spec {
-            TriggerSpec::Webhook(_) | TriggerSpec::Http(_) => {
+        let spawned = match rt.config.spec.push() {
+            None => {
+                let args = crate::triggers::SourceArgs {
+                    runtime: rt.clone(),
+                    intake: self.args.intake.clone(),
+                };
+                crate::triggers::spawn_source(args, myself.get_cell()).await
+            }
+            Some(_) => {
                 let args = PushArgs {
                     runtime: rt.clone(),
                     intake: self.args.intake.clone(),

@@ -150,6 +150,60 @@ impl TriggerConfig {
             TriggerSpec::Http(h) => Some(h.mode),
         }
     }
+
+    /// One line saying where events come from (for `millgate check` and listings).
+    pub fn endpoint(&self) -> String {
+        match &self.spec {
+            TriggerSpec::Webhook(_) => format!("POST /hooks/{}", self.common.name),
+            TriggerSpec::Http(h) => format!(
+                "{} {} (auth {})",
+                h.method.to_uppercase(),
+                h.path,
+                h.auth.label()
+            ),
+        }
+    }
+}
+
+impl TriggerSpec {
+    /// Kind-specific validation: (key, message) pairs. `routes` collects HTTP routes so that
+    /// conflicts between triggers are found.
+    pub fn validate(&self, name: &str, routes: &mut http::RouteTable) -> Vec<(String, String)> {
+        match self {
+            TriggerSpec::Webhook(w) => w.validate(),
+            TriggerSpec::Http(h) => h.validate(name, routes),
+        }
+    }
+
+    /// The pushed-over-HTTP behaviour, for kinds the HTTP ingress serves.
+    pub fn push(&self) -> Option<&dyn push::PushKind> {
+        match self {
+            TriggerSpec::Webhook(w) => Some(w),
+            TriggerSpec::Http(h) => Some(h),
+        }
+    }
+}
+
+/// What a trigger actor of a pulling kind (brokers, schedules, polls) is started with.
+#[derive(Clone)]
+pub struct SourceArgs {
+    pub runtime: Arc<TriggerRuntime>,
+    pub intake: Intake,
+}
+
+/// Starts the actor of a kind that is not pushed over HTTP, linked to `supervisor`. Each kind's
+/// actor owns its connection (or timer) and fails, to be restarted with backoff, when it is lost.
+pub async fn spawn_source(
+    args: SourceArgs,
+    supervisor: ractor::ActorCell,
+) -> Result<ractor::ActorCell, ractor::SpawnErr> {
+    let kind = args.runtime.kind().to_string();
+    let _ = &supervisor;
+    match &args.runtime.config.spec {
+        TriggerSpec::Webhook(_) | TriggerSpec::Http(_) => Err(ractor::SpawnErr::StartupFailed(
+            format!("`{kind}` triggers are served by the HTTP ingress, not a source actor").into(),
+        )),
+    }
 }
 
 /// Deserializes, prefixing the error with the key it is about (`mode: unknown variant …`).

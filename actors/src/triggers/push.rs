@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{Accepted, Intake, Mode, TriggerRuntime, TriggerSpec};
+use super::{Accepted, Intake, Mode, TriggerRuntime};
 use crate::event::Event;
 use crate::job::{JobId, JobOutcome, JobStatus};
 use crate::router::{AckHandle, Watchers};
@@ -95,13 +95,6 @@ pub trait PushKind: Send + Sync {
     fn sync_timeout(&self) -> Option<Duration>;
 }
 
-pub fn push_kind(spec: &TriggerSpec) -> &dyn PushKind {
-    match spec {
-        TriggerSpec::Webhook(w) => w,
-        TriggerSpec::Http(h) => h,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The actor
 
@@ -146,7 +139,14 @@ impl Actor for PushTrigger {
 /// answered, here (refusals) or by the spawned task.
 fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushResponse>) {
     let rt = state.runtime.clone();
-    let kind = push_kind(&rt.config.spec);
+    let Some(kind) = rt.config.spec.push() else {
+        let _ = reply.send(PushResponse::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("trigger `{}` is not served over HTTP", rt.name()),
+        ));
+        return;
+    };
     if let Err(m) = kind.authorize(&req) {
         let _ = reply.send(PushResponse::error(
             StatusCode::UNAUTHORIZED,
