@@ -13,6 +13,8 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# NATS with JetStream for tests/nats.rs (that test also starts its own servers from this binary).
+[ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -25,5 +27,17 @@ command -v cargo >/dev/null || { echo "services.sh: cargo is required (https://r
 if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
     echo "services.sh: npm ci in tests/dashboard"
     (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The shared NATS server with JetStream on 127.0.0.1:4222, unless something already listens there.
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+    echo "services.sh: starting nats-server -js on 127.0.0.1:4222"
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || { echo "services.sh: nats-server did not start (see /var/log/nats-server.log)" >&2; exit 1; }
 fi
 echo "services.sh: ready"

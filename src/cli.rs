@@ -1,4 +1,4 @@
-//! `millgate triggers …` and `millgate jobs …`: the admin CLI, a client of the admin API
+//! `millgate triggers …`, `millgate jobs …` and `millgate state …`: the admin CLI, a client of the admin API
 //! (docs/admin-api.md) over HTTP. Tables by default, the API's own JSON with `--json`.
 //!
 //! Exit codes: 0 success; 1 the API refused the request or could not be reached, or a local
@@ -1030,4 +1030,81 @@ mod tests {
              token = \"***\"\n"
         );
     }
+}
+
+/// `millgate state …`: the saved state of a schedule or poll trigger.
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(subcommand)]
+    pub command: StateCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Print a trigger's saved state as JSON (`null` when nothing was saved yet).
+    Get { trigger: String },
+    /// Replace a trigger's saved state with JSON given as an argument, or read from stdin.
+    Set {
+        trigger: String,
+        /// The new state as JSON; `-` or nothing reads it from stdin.
+        #[arg(value_name = "JSON")]
+        state: Option<String>,
+    },
+}
+
+/// Runs `millgate state …`.
+pub fn state(args: StateArgs) -> ExitCode {
+    let json = args.admin.json;
+    finish(block_on(async move {
+        let client = AdminClient::new(&args.admin)?;
+        state_command(&client, args.command, json).await
+    }))
+}
+
+async fn state_command(
+    client: &AdminClient,
+    command: StateCommand,
+    json: bool,
+) -> Result<String, CliError> {
+    let v = match command {
+        StateCommand::Get { trigger } => {
+            client
+                .call(
+                    Method::GET,
+                    &["api", "triggers", &trigger, "state"],
+                    &[],
+                    None,
+                )
+                .await?
+        }
+        StateCommand::Set { trigger, state } => {
+            let text = match state.as_deref() {
+                None | Some("-") => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| CliError::failed(format!("cannot read stdin: {e}")))?;
+                    s
+                }
+                Some(t) => t.to_string(),
+            };
+            // Checked here so that a typo is a usage error, not a round trip.
+            serde_json::from_str::<Value>(&text)
+                .map_err(|e| CliError::usage(format!("the state is not valid JSON: {e}")))?;
+            client
+                .call(
+                    Method::PUT,
+                    &["api", "triggers", &trigger, "state"],
+                    &[],
+                    Some(("application/json", text.into_bytes())),
+                )
+                .await?
+        }
+    };
+    if json {
+        return Ok(pretty(&v));
+    }
+    Ok(pretty(&v["state"]))
 }

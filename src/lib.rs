@@ -3,6 +3,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod telemetry;
+
+pub use telemetry::{init_tracing, LogFormat};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -527,25 +530,6 @@ fn locate_parse_error(
         None => message,
     };
     (Some(line), message)
-}
-
-/// `RUST_LOG`-style filtering (default `info`), text or JSON lines on stderr.
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use millgate::app::App;
-use millgate::{init_tracing, load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
+use millgate::{load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
 use millgate_actors::Config;
 
 #[derive(Parser)]
@@ -42,6 +42,8 @@ enum Command {
     Triggers(cli::TriggersArgs),
     /// Inspect and replay the jobs of a running millgate (through its admin API).
     Jobs(cli::JobsArgs),
+    /// Read or replace the saved state of a schedule or poll trigger (through its admin API).
+    State(cli::StateArgs),
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Config, String> {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Triggers(args) => cli::triggers(args),
         Command::Jobs(args) => cli::jobs(args),
+        Command::State(args) => cli::state(args),
         Command::Check { config } => match load(&config) {
             Ok(c) => {
                 print_summary(&c);
@@ -73,9 +76,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            init_tracing(cli.log_format);
             let c = match load(&config) {
                 Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            // After loading: the exporter is built from `[telemetry]`. Before the runtime: the
+            // exporter's blocking HTTP client must not be created or dropped inside it.
+            let tracing_guard = match millgate::telemetry::try_init(cli.log_format, &c.telemetry) {
+                Ok(g) => g,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(1);
@@ -94,7 +105,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            runtime.block_on(run(c))
+            let code = runtime.block_on(run(c));
+            drop(runtime);
+            // Flush the spans still batched (the last events before the signal).
+            tracing_guard.shutdown();
+            code
         }
     }
 }

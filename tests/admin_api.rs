@@ -452,6 +452,8 @@ async fn status_runnables_metrics_and_readiness() {
     assert_eq!(status, 200);
     assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
     assert!(st["store"]["size_bytes"].as_u64().unwrap() > 0);
+    assert!(st["queues"]["runner_pool"]["queued"].is_u64(), "{st}");
+    assert!(st["queues"]["preprocessor_pool"]["active"].is_u64(), "{st}");
     let root = &st["actors"];
     assert!(root["name"].as_str().unwrap().starts_with("root@"));
     let children: Vec<&str> = root["children"]
@@ -591,6 +593,8 @@ async fn openapi_document_matches_the_routes() {
         ("POST", "/api/triggers/{name}/suspend"),
         ("POST", "/api/triggers/{name}/resume"),
         ("POST", "/api/triggers/{name}/parked/cancel"),
+        ("GET", "/api/triggers/{name}/state"),
+        ("PUT", "/api/triggers/{name}/state"),
         ("GET", "/api/runnables"),
         ("GET", "/api/jobs"),
         ("GET", "/api/jobs/{id}"),

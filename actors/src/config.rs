@@ -28,6 +28,9 @@ pub struct Config {
     /// The admin API and dashboard; not served without this table.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// OpenTelemetry export of the tracing spans; off unless `otlp_endpoint` is set.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub runnables: BTreeMap<String, RunnableConfig>,
     #[serde(default)]
@@ -68,6 +71,39 @@ pub struct AdminConfig {
 
 fn default_admin_listen() -> String {
     "127.0.0.1:8081".into()
+}
+
+/// `[telemetry]`: where the tracing spans (`event`, `job`, `run`) are exported, over OTLP/HTTP
+/// with protobuf bodies (Jaeger, Tempo and the OpenTelemetry Collector all accept it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://localhost:4318`); `/v1/traces` is appended
+    /// unless the URL already ends with it. No export without it.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "millgate".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are POSTed to: the endpoint with `/v1/traces` appended unless present.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
 }
 
 /// `[store]`: where sled keeps the durable state.
@@ -323,6 +359,22 @@ impl Config {
                 ));
             }
         }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            // Checked here so that a typo fails `millgate check` instead of silently losing
+            // every span at run time.
+            match reqwest::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => issues.push(top(
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "`{endpoint}` is not an http(s) URL like http://localhost:4318 (OTLP over HTTP)"
+                    ),
+                )),
+            }
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            issues.push(top("telemetry.service_name", "must not be empty".into()));
+        }
         if self.router.runners == 0 {
             issues.push(top("router.runners", "must be at least 1".into()));
         }
@@ -419,6 +471,14 @@ impl Config {
                     }
                 ),
             ));
+        }
+        if let crate::triggers::TriggerSpec::Poll(p) = &trigger.spec {
+            if !self.runnables.contains_key(&p.poll_runnable) {
+                issues.push((
+                    "poll_runnable".into(),
+                    format!("unknown runnable `{}`", p.poll_runnable),
+                ));
+            }
         }
         if let Some(p) = &c.preprocessor {
             if let Err((key, m)) = Preprocessor::compile(p) {

@@ -3,6 +3,7 @@
 //! Data path: source → trigger actor → [`triggers::Intake`] (dedup, preprocessor pool, durable
 //! queue) → [`router::JobRouter`] → runner pool → outcome → acknowledgement.
 
+pub mod chaos;
 pub mod config;
 pub mod event;
 pub mod events;

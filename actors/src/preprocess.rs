@@ -222,6 +222,16 @@ fn tail(s: &str) -> String {
 pub fn default_args(kind: &str, event: &Value) -> Value {
     match kind {
         "webhook" | "http" => crate::triggers::webhook::body_args(event),
+        // A schedule's static args; a poll's item.
+        "schedule" => event
+            .get("args")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({})),
+        "poll" => event.get("item").cloned().unwrap_or_default(),
+        // Windmill hands a NATS message to the script as its base64 `payload`.
+        "nats" => {
+            serde_json::json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
+        }
         _ => event.clone(),
     }
 }

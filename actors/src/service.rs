@@ -42,6 +42,7 @@ pub struct Service {
     pub triggers: ActorRef<SupervisorMsg>,
     pub watchers: Arc<Watchers>,
     pub intake: Intake,
+    pub runner_pool: runners::RunnerPoolRef,
     pub bus: EventBus,
     pub started_at: std::time::Instant,
     /// Where the webhook/route listener is bound (useful with port 0).
@@ -99,7 +100,7 @@ impl Service {
         .await
         .map_err(spawn_err)?;
         router
-            .cast(RouterMsg::AttachPool(pool))
+            .cast(RouterMsg::AttachPool(pool.clone()))
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
         let preprocessors = PreprocessorPool::spawn(
             config.router.runners.clamp(2, 16),
@@ -198,6 +199,7 @@ impl Service {
             triggers,
             watchers,
             intake,
+            runner_pool: pool,
             bus,
             started_at: std::time::Instant::now(),
             addr,

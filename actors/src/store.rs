@@ -190,6 +190,15 @@ impl Store {
             else {
                 continue;
             };
+            // A crash between an earlier release's writes can leave the parked entry of a job
+            // that is already queued: releasing it again would run it twice.
+            let still_parked = self
+                .get_job(id)?
+                .is_some_and(|r| r.status == JobStatus::Parked);
+            if !still_parked {
+                self.inner.parked.remove(key)?;
+                continue;
+            }
             if let Some(r) = self.update_job(id, |r| {
                 r.status = JobStatus::Queued;
                 r.step(TimelineEntry::now("released"));
@@ -208,10 +217,18 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.parked.scan_prefix(parked_prefix(trigger)) {
             let (key, _) = item?;
-            if let Some(id) = key
+            let id = key
                 .get(key.len().saturating_sub(16)..)
-                .and_then(JobId::from_slice)
-            {
+                .and_then(JobId::from_slice);
+            // Only jobs still parked: one already released (a crash mid-release) is running.
+            let parked = match id {
+                Some(id) => self
+                    .get_job(id)?
+                    .is_some_and(|r| r.status == JobStatus::Parked)
+                    .then_some(id),
+                None => None,
+            };
+            if let Some(id) = parked {
                 self.update_job(id, |r| {
                     r.status = JobStatus::Cancelled;
                     r.finished_at = Some(Utc::now());
@@ -559,6 +576,39 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// Saved state of timed sources (a schedule's last fire time, a poll's state), one JSON value
+/// per trigger name in the tree `source_state`.
+impl Store {
+    fn source_state_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree("source_state")?)
+    }
+
+    pub fn source_state(&self, trigger: &str) -> Result<Option<Value>, StoreError> {
+        match self.source_state_tree()?.get(trigger.as_bytes())? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        tree: "source_state",
+                        reason: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a trigger's state and returns once it is on disk.
+    pub async fn put_source_state(&self, trigger: &str, state: &Value) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+            tree: "source_state",
+            reason: e.to_string(),
+        })?;
+        self.source_state_tree()?
+            .insert(trigger.as_bytes(), bytes)?;
+        self.commit().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +697,35 @@ mod tests {
             .map(|r| r.job_id)
             .collect();
         assert_eq!(left, vec![recs[4].job_id, recs[3].job_id]);
+    }
+
+    #[tokio::test]
+    async fn parked_jobs_release_once_even_after_a_crash_mid_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let mut a = record("t");
+        a.status = JobStatus::Parked;
+        let mut b = record("t");
+        b.status = JobStatus::Parked;
+        s.park(&[a.clone(), b.clone()], None).await.unwrap();
+        assert_eq!(s.parked_count("t"), 2);
+        assert!(
+            s.unfinished().unwrap().is_empty(),
+            "parked jobs are not dispatched on start"
+        );
+        // As if an earlier release had queued `a` and died before removing its parked entry.
+        s.update_job(a.job_id, |r| r.status = JobStatus::Queued)
+            .unwrap();
+        let released: Vec<_> = s
+            .unpark("t")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.job_id)
+            .collect();
+        assert_eq!(released, vec![b.job_id]);
+        assert_eq!(s.parked_count("t"), 0);
+        assert!(s.cancel_parked("t").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -505,6 +505,7 @@ impl TriggerSupervisorState {
                 let args = crate::triggers::SourceArgs {
                     runtime: rt.clone(),
                     intake: self.args.intake.clone(),
+                    config: self.args.config.clone(),
                 };
                 crate::triggers::spawn_source(args, myself.get_cell()).await
             }

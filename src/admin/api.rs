@@ -44,6 +44,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(suspend_trigger))
         .routes(routes!(resume_trigger))
         .routes(routes!(cancel_parked))
+        .routes(routes!(get_source_state, put_source_state))
         .routes(routes!(list_runnables))
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
@@ -104,6 +105,8 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
         "rate_1m": (rt.rate.per_second() * 1000.0).round() / 1000.0,
         "counters": rt.counters.snapshot(),
         "config": redacted_config(&rt.config),
+        // schedule/poll: next fire times, skipped/missed counters (null for other kinds).
+        "schedule": rt.source_status.lock().map(|s| s.clone()).unwrap_or_default(),
     })
 }
 
@@ -646,6 +649,13 @@ fn actor_tree(cell: &ractor::ActorCell, names: &HashMap<ractor::ActorId, (String
     v
 }
 
+fn depth<E>(r: Result<ractor::rpc::CallResult<usize>, E>) -> Option<usize> {
+    match r {
+        Ok(ractor::rpc::CallResult::Success(n)) => Some(n),
+        _ => None,
+    }
+}
+
 /// The supervision tree, store, router load, uptime and version.
 #[utoipa::path(get, path = "/api/status", tag = "system",
     responses((status = 200, body = Object)))]
@@ -662,8 +672,23 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             Some((actor.get_id(), (st.name, st.restarts)))
         })
         .collect();
+    // ractor does not expose an actor's mailbox length; the queues that hold waiting work are
+    // the factories' (runner and preprocessor pools) and the router's own.
+    let wait = Some(Duration::from_secs(2));
+    let pre = s.intake.preprocessors.actor();
+    let queues = json!({
+        "runner_pool": {
+            "queued": depth(s.runner_pool.queue_depth(wait).await),
+            "active": depth(s.runner_pool.active_workers(wait).await),
+        },
+        "preprocessor_pool": {
+            "queued": depth(pre.queue_depth(wait).await),
+            "active": depth(pre.active_workers(wait).await),
+        },
+    });
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "queues": queues,
         "uptime_secs": s.started_at.elapsed().as_secs(),
         "store": {
             "path": s.config.store.path,
@@ -717,4 +742,72 @@ pub async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             Json(json!({ "ready": false, "not_running": not_running })),
         )
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saved state of schedule and poll triggers
+
+/// The trigger, when it is of a kind that keeps state (schedule, poll).
+fn stateful(state: &AdminState, name: &str) -> ApiResult<std::sync::Arc<TriggerEntry>> {
+    let e = entry(state, name)?;
+    match e.runtime.kind() {
+        "schedule" | "poll" => Ok(e),
+        kind => Err(ApiError::conflict(format!(
+            "trigger `{name}` is a {kind} trigger; only schedule and poll triggers keep state"
+        ))),
+    }
+}
+
+/// A schedule's or poll's saved state: `{"trigger", "kind", "state"}` (`state` null when
+/// nothing was saved yet). Schedule: `{"last_fire", "paused"}`; poll: what its runnable returned.
+#[utoipa::path(get, path = "/api/triggers/{name}/state", tag = "triggers",
+    params(("name" = String, Path, description = "trigger name")),
+    responses((status = 200, body = Object), (status = 404, body = Object), (status = 409, body = Object)))]
+async fn get_source_state(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let e = stateful(&state, &name)?;
+    let saved = state
+        .service
+        .store
+        .source_state(&name)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({
+        "trigger": name,
+        "kind": e.runtime.kind(),
+        "state": saved.unwrap_or(Value::Null),
+    })))
+}
+
+/// Replaces a schedule's or poll's saved state with the JSON body (flushed before the answer).
+/// A poll sees it at its next poll; a schedule reads `paused` at its next fire time and
+/// `last_fire` at its next start.
+#[utoipa::path(put, path = "/api/triggers/{name}/state", tag = "triggers",
+    params(("name" = String, Path, description = "trigger name")),
+    request_body(content = Object, description = "the new state (any JSON for a poll; `{\"last_fire\", \"paused\"}` for a schedule)"),
+    responses((status = 200, body = Object), (status = 404, body = Object), (status = 409, body = Object), (status = 422, body = Object)))]
+async fn put_source_state(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let e = stateful(&state, &name)?;
+    let new: Value = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
+    if e.runtime.kind() == "schedule" {
+        millgate_actors::triggers::schedule::ScheduleState::parse(&name, Some(new.clone()))
+            .map_err(ApiError::invalid)?;
+    }
+    state
+        .service
+        .store
+        .put_source_state(&name, &new)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({
+        "trigger": name,
+        "kind": e.runtime.kind(),
+        "state": new,
+    })))
 }

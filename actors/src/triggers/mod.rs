@@ -5,9 +5,14 @@
 //! - [`Intake`]: the path every trigger uses to turn an event into durably queued jobs.
 //! - [`push`]: the actor behind kinds that are pushed to us over HTTP (webhook, http).
 
+pub mod cron;
 pub mod http;
 pub mod http_auth;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod poll;
 pub mod push;
+pub mod schedule;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,9 +72,20 @@ const COMMON_KEYS: &[&str] = &[
 pub enum TriggerSpec {
     Webhook(webhook::WebhookConfig),
     Http(http::HttpRouteConfig),
+    Schedule(schedule::ScheduleConfig),
+    Poll(poll::PollConfig),
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsConfig),
 }
 
-pub const KINDS: &[&str] = &["webhook", "http"];
+pub const KINDS: &[&str] = &[
+    "webhook",
+    "http",
+    "schedule",
+    "poll",
+    #[cfg(feature = "nats")]
+    "nats",
+];
 
 /// One `[[triggers]]` entry: common keys and the kind's keys side by side in one table.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +129,10 @@ impl TriggerConfig {
         let spec = match kind.as_str() {
             "webhook" => keyed(rest).map(TriggerSpec::Webhook),
             "http" => keyed(rest).map(TriggerSpec::Http),
+            "schedule" => keyed(rest).map(TriggerSpec::Schedule),
+            "poll" => keyed(rest).map(TriggerSpec::Poll),
+            #[cfg(feature = "nats")]
+            "nats" => keyed(rest).map(TriggerSpec::Nats),
             _ => unreachable!("checked against KINDS above"),
         }
         .map_err(|e| {
@@ -136,6 +156,10 @@ impl TriggerConfig {
         let spec = match &self.spec {
             TriggerSpec::Webhook(w) => serde_json::to_value(w),
             TriggerSpec::Http(h) => serde_json::to_value(h),
+            TriggerSpec::Schedule(c) => serde_json::to_value(c),
+            TriggerSpec::Poll(c) => serde_json::to_value(c),
+            #[cfg(feature = "nats")]
+            TriggerSpec::Nats(n) => serde_json::to_value(n),
         };
         if let Ok(Value::Object(m)) = spec {
             map.extend(m);
@@ -148,6 +172,9 @@ impl TriggerConfig {
         match &self.spec {
             TriggerSpec::Webhook(w) => Some(w.mode),
             TriggerSpec::Http(h) => Some(h.mode),
+            TriggerSpec::Schedule(_) | TriggerSpec::Poll(_) => None,
+            #[cfg(feature = "nats")]
+            TriggerSpec::Nats(_) => None,
         }
     }
 
@@ -161,6 +188,10 @@ impl TriggerConfig {
                 h.path,
                 h.auth.label()
             ),
+            TriggerSpec::Schedule(c) => c.endpoint(),
+            TriggerSpec::Poll(c) => c.endpoint(),
+            #[cfg(feature = "nats")]
+            TriggerSpec::Nats(n) => n.endpoint(&self.common.name),
         }
     }
 }
@@ -172,6 +203,10 @@ impl TriggerSpec {
         match self {
             TriggerSpec::Webhook(w) => w.validate(),
             TriggerSpec::Http(h) => h.validate(name, routes),
+            TriggerSpec::Schedule(c) => c.validate(),
+            TriggerSpec::Poll(c) => c.validate(),
+            #[cfg(feature = "nats")]
+            TriggerSpec::Nats(n) => n.validate(),
         }
     }
 
@@ -180,6 +215,9 @@ impl TriggerSpec {
         match self {
             TriggerSpec::Webhook(w) => Some(w),
             TriggerSpec::Http(h) => Some(h),
+            TriggerSpec::Schedule(_) | TriggerSpec::Poll(_) => None,
+            #[cfg(feature = "nats")]
+            TriggerSpec::Nats(_) => None,
         }
     }
 }
@@ -189,6 +227,8 @@ impl TriggerSpec {
 pub struct SourceArgs {
     pub runtime: Arc<TriggerRuntime>,
     pub intake: Intake,
+    /// The service's configuration (a poll trigger finds its `poll_runnable` here).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// Starts the actor of a kind that is not pushed over HTTP, linked to `supervisor`. Each kind's
@@ -203,6 +243,15 @@ pub async fn spawn_source(
         TriggerSpec::Webhook(_) | TriggerSpec::Http(_) => Err(ractor::SpawnErr::StartupFailed(
             format!("`{kind}` triggers are served by the HTTP ingress, not a source actor").into(),
         )),
+        TriggerSpec::Schedule(_) | TriggerSpec::Poll(_) => {
+            schedule::spawn(args.clone(), supervisor).await
+        }
+        #[cfg(feature = "nats")]
+        TriggerSpec::Nats(_) => {
+            ractor::Actor::spawn_linked(None, nats::NatsTrigger, args.clone(), supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }
     }
 }
 
@@ -355,6 +404,9 @@ pub struct TriggerRuntime {
     pub restarts: AtomicU64,
     pub counters: Arc<TriggerCounters>,
     pub rate: RateWindow,
+    /// A timed kind's (schedule, poll) status: next fire times, skip/miss counters. Null for
+    /// other kinds.
+    pub source_status: Mutex<Value>,
 }
 
 impl TriggerRuntime {
@@ -395,6 +447,7 @@ impl TriggerRuntime {
             restarts: AtomicU64::new(0),
             counters: Arc::new(TriggerCounters::default()),
             rate: RateWindow::default(),
+            source_status: Mutex::new(Value::Null),
         })
     }
 

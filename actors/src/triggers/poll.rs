@@ -1,0 +1,259 @@
+//! `poll` triggers: on a cron schedule, a runnable (`poll_runnable`, from `[runnables]`) is
+//! called with `{"state": <saved state or null>}` on stdin and answers
+//! `{"items": [...], "state": <new state>}`.
+//!
+//! Each item becomes one event (`kind = "poll"`, fields `item`, `scheduled_for`, `fired_at`,
+//! `timezone`), so one job for the trigger's `runnable` per item, through its preprocessor;
+//! the default mapping makes the item the job's args. With `dedup_key` (a jq expression over
+//! the item) the event id is `poll:<trigger>:<key>`, so an item seen again within the dedup
+//! window is dropped; without it, every item is new.
+//!
+//! The new state is written to sled (and flushed) only after every item's job is durably
+//! accepted: a crash in between makes the next poll see the old state, so items may repeat
+//! (dropped by `dedup_key`) and none are lost. An empty `items` list creates no job and counts
+//! as a skipped poll (its `state` is still saved). A failing poll runnable keeps the old state
+//! and is retried with the trigger's retry backoff; malformed output (not an object, `items`
+//! not an array) is logged, counted as `malformed_polls`, and leaves the state as it was. A
+//! missing `state` key keeps the saved state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::cron::CronSpec;
+use super::schedule::{utc_name, Overlap, TimedMsg, TimedState, Work};
+use super::SourceArgs;
+use crate::event::Event;
+use crate::job::JobId;
+use crate::preprocess::JqFilter;
+use crate::runners::{RunContext, Runnable};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// The runnable called to poll (a name under `[runnables]`).
+    pub poll_runnable: String,
+    pub cron: String,
+    #[serde(default = "utc_name")]
+    pub timezone: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub jitter: Option<Duration>,
+    /// Applies to the jobs of the previous poll: with `skip`, no poll while they run.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// jq over one item; its value is the item's identity for deduplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+}
+
+impl PollConfig {
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if let Err(issue) = CronSpec::parse(&self.cron, &self.timezone) {
+            issues.push(issue);
+        }
+        if self.poll_runnable.is_empty() {
+            issues.push(("poll_runnable".into(), "must name a runnable".into()));
+        }
+        if let Some(k) = &self.dedup_key {
+            if let Err(m) = JqFilter::compile(k) {
+                issues.push(("dedup_key".into(), m));
+            }
+        }
+        issues
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!(
+            "poll `{}` on cron `{}` ({})",
+            self.poll_runnable, self.cron, self.timezone
+        )
+    }
+}
+
+/// A poll trigger ready to run: its runnable and compiled dedup key.
+pub struct PollWork {
+    pub config: PollConfig,
+    runnable: Arc<Runnable>,
+    dedup_key: Option<JqFilter>,
+}
+
+impl PollWork {
+    pub fn new(config: &PollConfig, args: &SourceArgs) -> Result<Self, String> {
+        let rc = args
+            .config
+            .runnables
+            .get(&config.poll_runnable)
+            .ok_or_else(|| format!("poll_runnable: unknown runnable `{}`", config.poll_runnable))?;
+        let runnable = Runnable::from_config(rc).map_err(|e| format!("poll_runnable: {e}"))?;
+        let dedup_key = config
+            .dedup_key
+            .as_deref()
+            .map(JqFilter::compile)
+            .transpose()
+            .map_err(|m| format!("dedup_key: {m}"))?;
+        Ok(Self {
+            config: config.clone(),
+            runnable: Arc::new(runnable),
+            dedup_key,
+        })
+    }
+}
+
+/// Checks the poll runnable's answer: (items, new state if given).
+pub fn parse_output(out: Value) -> Result<(Vec<Value>, Option<Value>), String> {
+    let Value::Object(mut map) = out else {
+        return Err(format!(
+            "poll output must be a JSON object `{{\"items\": [...], \"state\": ...}}`, got {}",
+            short(&out)
+        ));
+    };
+    let items = match map.remove("items") {
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(format!(
+                "poll output `items` must be an array, got {}",
+                short(&other)
+            ))
+        }
+        None => return Err("poll output has no `items` array".into()),
+    };
+    Ok((items, map.remove("state")))
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("{}…", &s[..cut])
+    } else {
+        s
+    }
+}
+
+fn key_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+impl TimedState {
+    /// One poll: call the runnable with the saved state, queue a job per item, then save the
+    /// new state.
+    pub(crate) async fn poll(
+        &mut self,
+        myself: &ActorRef<TimedMsg>,
+        at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<(), ActorProcessingErr> {
+        let Work::Poll(work) = &self.work else {
+            return Ok(());
+        };
+        let name = self.name().to_string();
+        let store = self.source.intake.store.clone();
+        let saved = store.source_state(&name)?.unwrap_or(Value::Null);
+        let ctx = RunContext {
+            job_id: JobId::new(),
+            trigger: name.clone(),
+            event_id: format!("poll:{name}:{}", at.to_rfc3339()),
+            attempt,
+        };
+        self.bump("polls", 1);
+        // The runnable's own timeout applies (command: process group killed; http: request).
+        let result = work.runnable.run(&ctx, &json!({ "state": saved })).await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.bump("poll_failures", 1);
+                let msg = e.to_string();
+                self.status(|s| s["last_poll_error"] = json!(msg));
+                let retry = &self.source.runtime.retry;
+                if attempt < retry.attempts {
+                    let delay = retry.delay(attempt + 1);
+                    tracing::warn!(trigger = %name, attempt, error = %e, retry_in = ?delay, "poll failed; state kept, retrying");
+                    myself.send_after(delay, move || TimedMsg::RetryPoll {
+                        at,
+                        attempt: attempt + 1,
+                    });
+                } else {
+                    tracing::warn!(trigger = %name, attempt, error = %e, "poll failed; state kept, retries used up until the next fire time");
+                }
+                return Ok(());
+            }
+        };
+        let (items, new_state) = match parse_output(out) {
+            Ok(parsed) => parsed,
+            Err(msg) => {
+                tracing::error!(trigger = %name, error = %msg, "malformed poll output; state kept");
+                self.bump("malformed_polls", 1);
+                self.status(|s| s["last_poll_error"] = json!(msg));
+                return Ok(());
+            }
+        };
+        self.status(|s| s["last_poll_error"] = Value::Null);
+        if items.is_empty() {
+            self.bump("skipped_polls", 1);
+            tracing::debug!(trigger = %name, "poll returned no items");
+        }
+        let tz = self.cron.timezone();
+        let fired_at = Utc::now().with_timezone(&tz).to_rfc3339();
+        let rt = self.source.runtime.clone();
+        let intake = self.source.intake.clone();
+        let n = items.len();
+        for item in items {
+            let Work::Poll(work) = &self.work else {
+                return Ok(());
+            };
+            let key = match &work.dedup_key {
+                Some(f) => match f.run(&item) {
+                    Ok(mut outs) if !outs.is_empty() => Some(key_text(outs.swap_remove(0))),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(trigger = %name, error = %e, "dedup_key failed on an item; it is not deduplicated");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let payload = json!({
+                "kind": "poll",
+                "trigger": name,
+                "item": item,
+                "scheduled_for": at.with_timezone(&tz).to_rfc3339(),
+                "fired_at": fired_at,
+                "timezone": work.config.timezone,
+            });
+            let event = match key {
+                Some(k) => Event::deterministic(format!("poll:{name}:{k}"), payload),
+                None => Event::unique(&format!("poll:{name}"), payload),
+            };
+            // An error fails the actor before the state is written: the restart polls again
+            // from the old state, and dedup_key drops the items already queued.
+            let accepted = intake
+                .accept(&rt, event, Self::settle_reporter(myself))
+                .await
+                .map_err(|e| format!("poll item not accepted; state not advanced: {e}"))?;
+            self.track(&accepted);
+        }
+        crate::chaos::crash_point("poll_before_state_save");
+        if let Some(new_state) = new_state {
+            if new_state != saved {
+                store.put_source_state(&name, &new_state).await?;
+            }
+        }
+        tracing::info!(trigger = %name, items = n, "poll done");
+        Ok(())
+    }
+}

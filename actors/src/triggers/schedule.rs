@@ -1,0 +1,554 @@
+//! `schedule` triggers (a job per cron fire time) and the timer actor that `poll` triggers
+//! share with them.
+//!
+//! Event (`kind = "schedule"`): `scheduled_for` (RFC 3339 in the trigger's zone), `fired_at`,
+//! `timezone`, `catch_up` (true for a fire time run after downtime) and `args` (the static
+//! args; the default mapping makes them the job's args). Event id: `schedule:<trigger>:<fire
+//! time in UTC>`, so a redelivered fire time is deduplicated.
+//!
+//! Saved state (sled tree `source_state`): `{"last_fire": <RFC 3339>, "paused": bool}`. The
+//! fire time is written after its jobs are durably queued: a crash in between makes the restart
+//! owe it again, and that second firing is dropped by the dedup tree (same event id), so a fire
+//! time is neither lost nor repeated.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::cron::CronSpec;
+use super::poll::PollWork;
+use super::{Accepted, SourceArgs};
+use crate::event::Event;
+use crate::job::JobOutcome;
+use crate::router::AckHandle;
+
+/// What to do with a fire time while the previous run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Skip it (counted and logged).
+    #[default]
+    Skip,
+    /// Keep one: it runs when the running ones have finished; further ones are skipped.
+    BufferOne,
+    /// Run it anyway.
+    AllowAll,
+}
+
+pub(crate) fn utc_name() -> String {
+    "UTC".into()
+}
+
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Cron expression: `sec min hour dom month dow [year]`, 5 fields, or `@hourly` etc.
+    pub cron: String,
+    /// IANA zone the expression is read in.
+    #[serde(default = "utc_name")]
+    pub timezone: String,
+    /// Static job args (given in the event as `args`).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub args: Value,
+    /// Each fire is delayed by a random duration up to this.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub jitter: Option<Duration>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// After downtime, fire times missed within this window run once each, oldest first.
+    #[serde(default = "one_minute", with = "humantime_serde")]
+    pub catch_up_window: Duration,
+    /// Stop firing after a failed (dead-lettered) run, until `paused` is set back to false in
+    /// the trigger's state.
+    #[serde(default)]
+    pub pause_on_failure: bool,
+}
+
+impl ScheduleConfig {
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if let Err(issue) = CronSpec::parse(&self.cron, &self.timezone) {
+            issues.push(issue);
+        }
+        issues
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("cron `{}` ({})", self.cron, self.timezone)
+    }
+}
+
+/// The saved state of a schedule trigger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl ScheduleState {
+    /// Reads the saved state; a value that does not parse is an error naming the trigger, so
+    /// that an operator's bad `PUT` is not silently replaced.
+    pub fn parse(trigger: &str, v: Option<Value>) -> Result<Self, String> {
+        match v {
+            None | Some(Value::Null) => Ok(Self::default()),
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                format!(
+                    "saved state of schedule `{trigger}` is invalid: {}: {}",
+                    e.path(),
+                    e.inner()
+                )
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The timer actor shared by `schedule` and `poll`
+
+pub enum TimedMsg {
+    /// The timer for this fire time has gone off.
+    Fire(DateTime<Utc>),
+    /// A job started by this trigger has settled.
+    Settled { ok: bool },
+    /// A failed poll's backoff has passed.
+    RetryPoll { at: DateTime<Utc>, attempt: u32 },
+}
+
+/// What happens at a fire time.
+pub enum Work {
+    Schedule(ScheduleConfig),
+    Poll(Box<PollWork>),
+}
+
+pub struct TimedArgs {
+    pub source: SourceArgs,
+    pub work: Work,
+}
+
+pub struct TimedState {
+    pub(crate) source: SourceArgs,
+    pub(crate) work: Work,
+    pub(crate) cron: CronSpec,
+    overlap: Overlap,
+    jitter: Option<Duration>,
+    /// Jobs of this trigger not yet settled (fed by their AckHandle callbacks).
+    pub(crate) running: usize,
+    buffered: Option<DateTime<Utc>>,
+}
+
+pub struct TimedSource;
+
+/// Spawns the actor for a schedule or poll trigger.
+pub async fn spawn(
+    args: SourceArgs,
+    supervisor: ractor::ActorCell,
+) -> Result<ractor::ActorCell, ractor::SpawnErr> {
+    let work = match &args.runtime.config.spec {
+        super::TriggerSpec::Schedule(c) => Work::Schedule(c.clone()),
+        super::TriggerSpec::Poll(c) => Work::Poll(Box::new(
+            PollWork::new(c, &args).map_err(|e| ractor::SpawnErr::StartupFailed(e.into()))?,
+        )),
+        _ => {
+            return Err(ractor::SpawnErr::StartupFailed(
+                "not a schedule or poll trigger".into(),
+            ))
+        }
+    };
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        TimedSource,
+        TimedArgs { source: args, work },
+        supervisor,
+    )
+    .await?;
+    Ok(actor.get_cell())
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Actor for TimedSource {
+    type Msg = TimedMsg;
+    type State = TimedState;
+    type Arguments = TimedArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TimedMsg>,
+        args: TimedArgs,
+    ) -> Result<TimedState, ActorProcessingErr> {
+        let (expr, tz, overlap, jitter) = match &args.work {
+            Work::Schedule(c) => (c.cron.as_str(), c.timezone.as_str(), c.overlap, c.jitter),
+            Work::Poll(p) => (
+                p.config.cron.as_str(),
+                p.config.timezone.as_str(),
+                p.config.overlap,
+                p.config.jitter,
+            ),
+        };
+        let cron = CronSpec::parse(expr, tz).map_err(|(k, m)| format!("{k}: {m}"))?;
+        Ok(TimedState {
+            source: args.source,
+            work: args.work,
+            cron,
+            overlap,
+            jitter,
+            running: 0,
+            buffered: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<TimedMsg>,
+        state: &mut TimedState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Utc::now();
+        if let Work::Schedule(c) = &state.work {
+            let window = c.catch_up_window;
+            state.catch_up(&myself, now, window).await?;
+        }
+        state.arm(&myself, now);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TimedMsg>,
+        msg: TimedMsg,
+        state: &mut TimedState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TimedMsg::Fire(at) => {
+                if Utc::now() < at {
+                    // The wall clock lags the timer (clock adjustment): wait for the fire time.
+                    state.arm_at(&myself, at, false);
+                    return Ok(());
+                }
+                state.fire(&myself, at).await?;
+                state.arm(&myself, at);
+            }
+            TimedMsg::Settled { ok } => {
+                state.running = state.running.saturating_sub(1);
+                let n = state.running;
+                state.status(|s| s["running"] = json!(n));
+                if !ok {
+                    state.on_failure().await?;
+                }
+                if state.running == 0 {
+                    if let Some(at) = state.buffered.take() {
+                        state.run(&myself, at, false).await?;
+                    }
+                }
+            }
+            TimedMsg::RetryPoll { at, attempt } => {
+                if let Work::Poll(_) = &state.work {
+                    state.poll(&myself, at, attempt).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TimedState {
+    pub(crate) fn name(&self) -> &str {
+        self.source.runtime.name()
+    }
+
+    /// Updates the trigger's status object (shown by the admin API under `schedule`).
+    pub(crate) fn status(&self, f: impl FnOnce(&mut Value)) {
+        let mut s = self
+            .source
+            .runtime
+            .source_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !s.is_object() {
+            *s = json!({});
+        }
+        f(&mut s);
+    }
+
+    pub(crate) fn bump(&self, counter: &str, by: u64) {
+        self.status(|s| {
+            let n = s[counter].as_u64().unwrap_or(0) + by;
+            s[counter] = json!(n);
+        });
+    }
+
+    /// Sets the timer for the first fire time after `after`.
+    fn arm(&self, myself: &ActorRef<TimedMsg>, after: DateTime<Utc>) {
+        match self.cron.next_after(after) {
+            Some(next) => self.arm_at(myself, next, true),
+            None => {
+                tracing::warn!(
+                    trigger = self.name(),
+                    "cron expression has no further fire time"
+                );
+                self.status(|s| s["next_fires"] = json!([]));
+            }
+        }
+    }
+
+    fn arm_at(&self, myself: &ActorRef<TimedMsg>, at: DateTime<Utc>, jitter: bool) {
+        let mut delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if jitter {
+            if let Some(j) = self.jitter.filter(|j| !j.is_zero()) {
+                delay += j.mul_f64(rand::random::<f64>());
+            }
+        }
+        let next: Vec<String> = self
+            .cron
+            .upcoming(at - chrono::Duration::milliseconds(1), 5)
+            .into_iter()
+            .map(|t| t.with_timezone(&self.cron.timezone()).to_rfc3339())
+            .collect();
+        self.status(|s| s["next_fires"] = json!(next));
+        myself.send_after(delay, move || TimedMsg::Fire(at));
+    }
+
+    fn load_schedule_state(&self) -> Result<ScheduleState, ActorProcessingErr> {
+        let v = self.source.intake.store.source_state(self.name())?;
+        Ok(ScheduleState::parse(self.name(), v)?)
+    }
+
+    async fn save_schedule_state(&self, s: &ScheduleState) -> Result<(), ActorProcessingErr> {
+        let v = serde_json::to_value(s)?;
+        self.source
+            .intake
+            .store
+            .put_source_state(self.name(), &v)
+            .await?;
+        self.status(|st| {
+            st["last_fire"] = json!(s.last_fire.map(rfc3339));
+            st["paused"] = json!(s.paused);
+        });
+        Ok(())
+    }
+
+    /// Runs the fire times missed while millgate was down: those within `window` once each,
+    /// oldest first (whatever `overlap` says: they are owed); older ones are counted as missed.
+    async fn catch_up(
+        &mut self,
+        myself: &ActorRef<TimedMsg>,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Result<(), ActorProcessingErr> {
+        let saved = self.load_schedule_state()?;
+        self.status(|s| {
+            s["last_fire"] = json!(saved.last_fire.map(rfc3339));
+            s["paused"] = json!(saved.paused);
+        });
+        let Some(last) = saved.last_fire else {
+            // First start: nothing was owed.
+            return Ok(());
+        };
+        let horizon = now - chrono::Duration::from_std(window).unwrap_or_default();
+        let mut missed = 0u64;
+        let mut owed = Vec::new();
+        let mut cursor = last;
+        while let Some(t) = self.cron.next_after(cursor) {
+            if t > now {
+                break;
+            }
+            if t < horizon {
+                missed += 1;
+            } else {
+                owed.push(t);
+            }
+            cursor = t;
+        }
+        if missed > 0 {
+            tracing::warn!(
+                trigger = self.name(),
+                missed,
+                since = %rfc3339(last),
+                "fire times missed outside the catch-up window; not run"
+            );
+            self.bump("missed", missed);
+        }
+        if saved.paused {
+            if !owed.is_empty() {
+                self.bump("skipped_paused", owed.len() as u64);
+            }
+            return Ok(());
+        }
+        if !owed.is_empty() {
+            tracing::info!(
+                trigger = self.name(),
+                count = owed.len(),
+                "running fire times missed within the catch-up window"
+            );
+        }
+        for t in owed {
+            self.dispatch(myself, t, true).await?;
+        }
+        Ok(())
+    }
+
+    /// A fire time has come: apply the pause and overlap policies, then run it.
+    async fn fire(
+        &mut self,
+        myself: &ActorRef<TimedMsg>,
+        at: DateTime<Utc>,
+    ) -> Result<(), ActorProcessingErr> {
+        let is_schedule = matches!(self.work, Work::Schedule(_));
+        if is_schedule {
+            // Read each time: an operator may have resumed it through the state API.
+            let saved = self.load_schedule_state()?;
+            if saved.paused {
+                tracing::info!(trigger = self.name(), at = %rfc3339(at), "paused after a failed run; fire time skipped");
+                self.bump("skipped_paused", 1);
+                let s = ScheduleState {
+                    last_fire: Some(at),
+                    paused: true,
+                };
+                return self.save_schedule_state(&s).await;
+            }
+        }
+        if self.running > 0 {
+            match self.overlap {
+                Overlap::AllowAll => {}
+                Overlap::BufferOne if self.buffered.is_none() => {
+                    tracing::info!(trigger = self.name(), at = %rfc3339(at), running = self.running, "previous run still going; fire time buffered");
+                    self.buffered = Some(at);
+                    self.status(|s| s["buffered"] = json!(rfc3339(at)));
+                    return self.consumed(at).await;
+                }
+                Overlap::BufferOne | Overlap::Skip => {
+                    tracing::info!(trigger = self.name(), at = %rfc3339(at), running = self.running, "previous run still going; fire time skipped (overlap)");
+                    self.bump("skipped", 1);
+                    return self.consumed(at).await;
+                }
+            }
+        }
+        self.run(myself, at, false).await
+    }
+
+    /// Records a fire time that was decided on without a job, so a restart does not owe it.
+    async fn consumed(&self, at: DateTime<Utc>) -> Result<(), ActorProcessingErr> {
+        if matches!(self.work, Work::Schedule(_)) {
+            let mut s = self.load_schedule_state()?;
+            s.last_fire = Some(at);
+            self.save_schedule_state(&s).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        myself: &ActorRef<TimedMsg>,
+        at: DateTime<Utc>,
+        catch_up: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        self.status(|s| s["buffered"] = Value::Null);
+        match self.work {
+            Work::Schedule(_) => self.dispatch(myself, at, catch_up).await,
+            Work::Poll(_) => self.poll(myself, at, 1).await,
+        }
+    }
+
+    /// The AckHandle factory: each settled job reports back, for the overlap policy.
+    pub(crate) fn settle_reporter(
+        myself: &ActorRef<TimedMsg>,
+    ) -> impl FnMut(crate::job::JobId) -> AckHandle {
+        let me = myself.clone();
+        move |_| {
+            let me = me.clone();
+            AckHandle::on_settle(move |outcome: &JobOutcome| {
+                let ok = matches!(outcome, JobOutcome::Succeeded(_));
+                // The actor may have been restarted meanwhile; then nobody is waiting.
+                let _ = me.cast(TimedMsg::Settled { ok });
+            })
+        }
+    }
+
+    /// Counts the jobs an intake result will report back about.
+    pub(crate) fn track(&mut self, accepted: &Accepted) {
+        if let Accepted::Queued(ids) = accepted {
+            self.running += ids.len();
+        }
+        self.status(|s| s["running"] = json!(self.running));
+    }
+
+    /// Hands the event to the intake (durable once it returns), then records the fire time.
+    ///
+    /// In this order nothing is lost or repeated: a crash after the jobs are queued but before
+    /// the fire time is written makes the restart owe that time again, and the catch-up's
+    /// event (same deterministic id, trigger + scheduled time) is dropped by the dedup tree.
+    async fn dispatch(
+        &mut self,
+        myself: &ActorRef<TimedMsg>,
+        at: DateTime<Utc>,
+        catch_up: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        let Work::Schedule(cfg) = &self.work else {
+            return Ok(());
+        };
+        let tz = self.cron.timezone();
+        let payload = json!({
+            "kind": "schedule",
+            "trigger": self.name(),
+            "scheduled_for": at.with_timezone(&tz).to_rfc3339(),
+            "fired_at": Utc::now().with_timezone(&tz).to_rfc3339(),
+            "timezone": cfg.timezone,
+            "catch_up": catch_up,
+            "args": if cfg.args.is_null() { json!({}) } else { cfg.args.clone() },
+        });
+        let event =
+            Event::deterministic(format!("schedule:{}:{}", self.name(), rfc3339(at)), payload);
+        let rt = self.source.runtime.clone();
+        let accepted = self
+            .source
+            .intake
+            .accept(&rt, event, Self::settle_reporter(myself))
+            .await
+            .map_err(|e| format!("fire time {} not accepted: {e}", rfc3339(at)))?;
+        tracing::info!(trigger = self.name(), at = %rfc3339(at), catch_up, result = ?accepted, "schedule fired");
+        self.track(&accepted);
+        let previous = self.load_schedule_state()?;
+        let next = ScheduleState {
+            // A buffered fire time runs after later ones were already skipped (and saved):
+            // the saved time never goes back, or a restart would owe those again.
+            last_fire: Some(previous.last_fire.map_or(at, |l| l.max(at))),
+            paused: previous.paused,
+        };
+        self.save_schedule_state(&next).await
+    }
+
+    /// A job of this trigger failed for good: pause if the trigger says so.
+    async fn on_failure(&mut self) -> Result<(), ActorProcessingErr> {
+        let Work::Schedule(cfg) = &self.work else {
+            return Ok(());
+        };
+        if !cfg.pause_on_failure {
+            return Ok(());
+        }
+        let mut s = self.load_schedule_state()?;
+        if !s.paused {
+            tracing::warn!(
+                trigger = self.name(),
+                "a scheduled run failed; pausing (set `paused` to false in the trigger's state to resume)"
+            );
+            s.paused = true;
+            self.save_schedule_state(&s).await?;
+        }
+        Ok(())
+    }
+}
