@@ -15,6 +15,8 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 # NATS with JetStream for tests/nats.rs (that test also starts its own servers from this binary).
 [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+# Mosquitto for tests/mqtt.rs (that test also starts its own broker from this binary).
+[ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -39,5 +41,16 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
         sleep 0.1
     done
     (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null || { echo "services.sh: nats-server did not start (see /var/log/nats-server.log)" >&2; exit 1; }
+fi
+# The shared Mosquitto on 127.0.0.1:1883, unless something already listens there.
+if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+    echo "services.sh: starting mosquitto on 127.0.0.1:1883"
+    printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' > /tmp/millgate-mosquitto.conf
+    /usr/sbin/mosquitto -d -c /tmp/millgate-mosquitto.conf
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "services.sh: mosquitto did not start" >&2; exit 1; }
 fi
 echo "services.sh: ready"

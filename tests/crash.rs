@@ -3,38 +3,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lines;
+use common::{free_port, lines, start_millgate, wait_ready};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("millgate starts")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "millgate did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_job() {
@@ -70,7 +42,7 @@ token = "tk"
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut child = start(&config, &dir.path().join("first.log"));
+    let mut child = start_millgate(&config, &dir.path().join("first.log"));
     wait_ready(&client, &base).await;
 
     const N: usize = 60;
@@ -100,7 +72,7 @@ token = "tk"
         "the crash came too late to test anything"
     );
 
-    let mut child = start(&config, &dir.path().join("second.log"));
+    let mut child = start_millgate(&config, &dir.path().join("second.log"));
     wait_ready(&client, &base).await;
 
     // Every accepted job finishes: its record says succeeded and it ran.

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, lines, TestService};
+use common::{eventually, free_port, lines, start_millgate, TestService};
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::nats::async_nats;
 use millgate_actors::triggers::TriggerState;
@@ -547,24 +547,6 @@ jetstream = {{ stream = "{stream}", consumer = "c", batch = 50 }}
 
 // ---------------------------------------------------------------------------------------------
 // Processes: millgate killed with -9, nats-server stopped and restarted
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start_millgate(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("millgate starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_no_message_and_dedups_redeliveries() {

@@ -10,27 +10,6 @@ use serde_json::{json, Value};
 
 const SECS_15: Duration = Duration::from_secs(15);
 
-async fn schedule_status(t: &TestService, name: &str) -> Value {
-    let (code, v) = t.admin_get(&format!("/api/triggers/{name}")).await;
-    assert_eq!(code, 200, "{v}");
-    v["schedule"].clone()
-}
-
-async fn wait_counter(t: &TestService, name: &str, counter: &str, n: u64) -> Value {
-    let deadline = Instant::now() + SECS_15;
-    loop {
-        let s = schedule_status(t, name).await;
-        if s[counter].as_u64().unwrap_or(0) >= n {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: `{counter}` did not reach {n}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn saved_state(t: &TestService, name: &str) -> Value {
     let (code, v) = t.admin_get(&format!("/api/triggers/{name}/state")).await;
     assert_eq!(code, 200, "{v}");
@@ -65,7 +44,7 @@ dedup_key = ".id"
         assert!(
             Instant::now() < deadline,
             "three jobs: status {}, inputs {:?}, jobs {:?}",
-            schedule_status(&t, "feed").await,
+            common::schedule_status(&t, "feed").await,
             lines(&t.path("inputs.log")),
             t.jobs_of("feed")
         );
@@ -147,14 +126,14 @@ retry = { attempts = 2, initial = "100ms", max = "100ms" }
             .expect("request");
         assert_eq!(resp.status().as_u16(), 200);
     }
-    wait_counter(&t, "empty", "skipped_polls", 2).await;
+    common::wait_schedule_counter(&t, "empty", "skipped_polls", 2).await;
     assert!(
         t.jobs_of("empty").is_empty(),
         "an empty poll creates no job"
     );
     assert_eq!(saved_state(&t, "empty").await, json!({"cursor": 7}));
 
-    let s = wait_counter(&t, "malformed", "malformed_polls", 2).await;
+    let s = common::wait_schedule_counter(&t, "malformed", "malformed_polls", 2).await;
     assert!(
         s["last_poll_error"]
             .as_str()
@@ -166,7 +145,7 @@ retry = { attempts = 2, initial = "100ms", max = "100ms" }
     assert_eq!(saved_state(&t, "malformed").await, json!({"cursor": 1}));
 
     // Each failure is retried with the trigger's backoff (attempts = 2 → one retry per tick).
-    let s = wait_counter(&t, "failing", "poll_failures", 4).await;
+    let s = common::wait_schedule_counter(&t, "failing", "poll_failures", 4).await;
     assert!(
         s["last_poll_error"].as_str().unwrap_or("").contains("boom"),
         "{s}"
@@ -271,10 +250,7 @@ async fn crash_between_item_jobs_and_state_write_through_the_binary() {
     use std::time::Instant;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = common::free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

@@ -258,6 +258,11 @@ impl Actor for JobRouter {
 impl RouterState {
     fn admit(&mut self, job: RoutedJob) {
         let id = job.record.job_id;
+        if self.jobs.contains_key(&id) {
+            // Submitted twice (a bug upstream): keep the first, whose source waits on its ack.
+            tracing::error!(job_id = %id, "job submitted while the router already holds it; ignored");
+            return;
+        }
         let key = job.record.order_key.clone();
         self.jobs.insert(
             id,

@@ -129,6 +129,9 @@ impl Service {
         )
         .await
         .map_err(spawn_err)?;
+        // What the last run left unfinished, read before any trigger starts: a job queued by a
+        // trigger from now on must not be taken for a leftover and submitted twice.
+        let unfinished = store.unfinished()?;
         for t in &config.triggers {
             let name = t.common.name.clone();
             let added = ractor::call!(
@@ -159,7 +162,7 @@ impl Service {
             }
         }
 
-        recover(&store, &registry, &router, &config)?;
+        recover(unfinished, &registry, &router, &config)?;
         store.spawn_sweeper(Duration::from_secs(60));
 
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
@@ -244,12 +247,11 @@ impl Service {
 
 /// Dispatches the jobs that were queued or running when the process last stopped.
 fn recover(
-    store: &Store,
+    unfinished: Vec<crate::job::JobRecord>,
     registry: &Registry,
     router: &ActorRef<RouterMsg>,
     config: &Config,
 ) -> Result<(), ServiceError> {
-    let unfinished = store.unfinished()?;
     if unfinished.is_empty() {
         return Ok(());
     }

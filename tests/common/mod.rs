@@ -163,3 +163,58 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default()
 }
+
+/// A port nobody listens on right now (for a listener the test starts by config).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts the built binary as `millgate run --config <config>`, stderr to `log`.
+pub fn start_millgate(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("millgate starts")
+}
+
+/// Waits until a listener answers `GET /healthz` at `base`.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "millgate did not come up at {base}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A schedule or poll trigger's `schedule` status object from the admin API.
+pub async fn schedule_status(t: &TestService, name: &str) -> Value {
+    let (code, v) = t.admin_get(&format!("/api/triggers/{name}")).await;
+    assert_eq!(code, 200, "{v}");
+    v["schedule"].clone()
+}
+
+/// Waits (up to 15 s) until a schedule/poll status counter reaches `n`.
+pub async fn wait_schedule_counter(t: &TestService, name: &str, counter: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = schedule_status(t, name).await;
+        if s[counter].as_u64().unwrap_or(0) >= n {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: `{counter}` did not reach {n}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

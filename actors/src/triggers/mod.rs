@@ -8,6 +8,8 @@
 pub mod cron;
 pub mod http;
 pub mod http_auth;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod poll;
@@ -76,6 +78,8 @@ pub enum TriggerSpec {
     Poll(poll::PollConfig),
     #[cfg(feature = "nats")]
     Nats(nats::NatsConfig),
+    #[cfg(feature = "mqtt")]
+    Mqtt(mqtt::MqttConfig),
 }
 
 pub const KINDS: &[&str] = &[
@@ -85,6 +89,8 @@ pub const KINDS: &[&str] = &[
     "poll",
     #[cfg(feature = "nats")]
     "nats",
+    #[cfg(feature = "mqtt")]
+    "mqtt",
 ];
 
 /// One `[[triggers]]` entry: common keys and the kind's keys side by side in one table.
@@ -133,6 +139,8 @@ impl TriggerConfig {
             "poll" => keyed(rest).map(TriggerSpec::Poll),
             #[cfg(feature = "nats")]
             "nats" => keyed(rest).map(TriggerSpec::Nats),
+            #[cfg(feature = "mqtt")]
+            "mqtt" => keyed(rest).map(TriggerSpec::Mqtt),
             _ => unreachable!("checked against KINDS above"),
         }
         .map_err(|e| {
@@ -160,6 +168,8 @@ impl TriggerConfig {
             TriggerSpec::Poll(c) => serde_json::to_value(c),
             #[cfg(feature = "nats")]
             TriggerSpec::Nats(n) => serde_json::to_value(n),
+            #[cfg(feature = "mqtt")]
+            TriggerSpec::Mqtt(m) => serde_json::to_value(m),
         };
         if let Ok(Value::Object(m)) = spec {
             map.extend(m);
@@ -175,6 +185,8 @@ impl TriggerConfig {
             TriggerSpec::Schedule(_) | TriggerSpec::Poll(_) => None,
             #[cfg(feature = "nats")]
             TriggerSpec::Nats(_) => None,
+            #[cfg(feature = "mqtt")]
+            TriggerSpec::Mqtt(_) => None,
         }
     }
 
@@ -192,6 +204,8 @@ impl TriggerConfig {
             TriggerSpec::Poll(c) => c.endpoint(),
             #[cfg(feature = "nats")]
             TriggerSpec::Nats(n) => n.endpoint(&self.common.name),
+            #[cfg(feature = "mqtt")]
+            TriggerSpec::Mqtt(m) => m.endpoint(),
         }
     }
 }
@@ -207,6 +221,8 @@ impl TriggerSpec {
             TriggerSpec::Poll(c) => c.validate(),
             #[cfg(feature = "nats")]
             TriggerSpec::Nats(n) => n.validate(),
+            #[cfg(feature = "mqtt")]
+            TriggerSpec::Mqtt(m) => m.validate(),
         }
     }
 
@@ -218,6 +234,8 @@ impl TriggerSpec {
             TriggerSpec::Schedule(_) | TriggerSpec::Poll(_) => None,
             #[cfg(feature = "nats")]
             TriggerSpec::Nats(_) => None,
+            #[cfg(feature = "mqtt")]
+            TriggerSpec::Mqtt(_) => None,
         }
     }
 }
@@ -249,6 +267,12 @@ pub async fn spawn_source(
         #[cfg(feature = "nats")]
         TriggerSpec::Nats(_) => {
             ractor::Actor::spawn_linked(None, nats::NatsTrigger, args.clone(), supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }
+        #[cfg(feature = "mqtt")]
+        TriggerSpec::Mqtt(_) => {
+            ractor::Actor::spawn_linked(None, mqtt::MqttTrigger, args.clone(), supervisor)
                 .await
                 .map(|(actor, _)| actor.get_cell())
         }

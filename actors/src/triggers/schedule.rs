@@ -356,8 +356,13 @@ impl TimedState {
             s["paused"] = json!(saved.paused);
         });
         let Some(last) = saved.last_fire else {
-            // First start: nothing was owed.
-            return Ok(());
+            // First start: nothing is owed yet. Anchor the schedule now, so that a crash
+            // before the first fire time is saved still leaves the restart owing it.
+            let anchored = ScheduleState {
+                last_fire: Some(now),
+                paused: saved.paused,
+            };
+            return self.save_schedule_state(&anchored).await;
         };
         let horizon = now - chrono::Duration::from_std(window).unwrap_or_default();
         let mut missed = 0u64;
