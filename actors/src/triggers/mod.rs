@@ -240,6 +240,22 @@ impl TriggerSpec {
     }
 }
 
+/// The stop signal of a source actor's connection task. The task is never aborted: an abort
+/// inside `Intake::accept` could leave jobs on disk that the router never got (they would wait
+/// for the next process start). So the task only stops where it waits for its broker.
+pub(crate) struct StopSignal(pub(crate) tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// `f`'s output, or `None` when the actor stopped first.
+    pub(crate) async fn or<F: std::future::Future>(&mut self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = self.0.wait_for(|stop| *stop) => None,
+            out = f => Some(out),
+        }
+    }
+}
+
 /// What a trigger actor of a pulling kind (brokers, schedules, polls) is started with.
 #[derive(Clone)]
 pub struct SourceArgs {
@@ -515,6 +531,15 @@ impl TriggerRuntime {
     /// True when the trigger may take another event; the caller then counts it in flight.
     pub fn has_capacity(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) < self.max_in_flight
+    }
+
+    /// Returns once the trigger may take another event. Polling: in-flight slots are released
+    /// by AckHandle drops all over the router; a 20 ms poll while saturated costs nothing
+    /// measurable and needs no wake-up plumbing.
+    pub async fn wait_for_capacity(&self) {
+        while !self.has_capacity() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// An acknowledgement handle counting the job in flight and in this trigger's outcomes.

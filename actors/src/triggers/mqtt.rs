@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{Accepted, IntakeError, SourceArgs, TriggerRuntime};
+use super::{Accepted, IntakeError, SourceArgs, StopSignal as Stop, TriggerRuntime};
 use crate::event::Event;
 use crate::router::AckHandle;
 
@@ -234,20 +234,6 @@ pub struct MqttState {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-/// The stop signal as the task sees it; the task only stops where it waits for the broker
-/// (never inside `Intake::accept`), as in the NATS trigger.
-struct Stop(tokio::sync::watch::Receiver<bool>);
-
-impl Stop {
-    async fn or<F: std::future::Future>(&mut self, f: F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            _ = self.0.wait_for(|stop| *stop) => None,
-            out = f => Some(out),
-        }
-    }
-}
-
 impl Actor for MqttTrigger {
     type Msg = MqttMsg;
     type State = MqttState;
@@ -295,13 +281,6 @@ impl Actor for MqttTrigger {
 fn set_status(rt: &TriggerRuntime, v: Value) {
     if let Ok(mut s) = rt.source_status.lock() {
         *s = v;
-    }
-}
-
-async fn wait_for_capacity(rt: &TriggerRuntime) {
-    // Same polling as the NATS trigger: slots are released by AckHandle drops.
-    while !rt.has_capacity() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -355,7 +334,7 @@ async fn run(args: &SourceArgs, mut stop: Stop) -> Result<(), String> {
                 );
             }
             MqttEvent::Incoming(Packet::Publish(p)) => {
-                if stop.or(wait_for_capacity(rt)).await.is_none() {
+                if stop.or(rt.wait_for_capacity()).await.is_none() {
                     // Unacknowledged: a persistent session gets it again; QoS 0 is lost.
                     tracing::warn!(trigger = rt.name(), topic = %p.topic, "trigger stopped while full; message not taken");
                     return Ok(());

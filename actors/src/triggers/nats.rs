@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{Accepted, IntakeError, SourceArgs, TriggerRuntime};
+use super::{Accepted, IntakeError, SourceArgs, StopSignal as Stop};
 use crate::event::Event;
 use crate::job::JobOutcome;
 use crate::router::AckHandle;
@@ -388,22 +388,6 @@ pub struct NatsState {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-/// The stop signal as the task sees it. The task is never aborted: an abort inside
-/// `Intake::accept` could leave jobs on disk that the router never got (they would wait for
-/// the next process start). So the task only stops where it waits for the broker.
-struct Stop(tokio::sync::watch::Receiver<bool>);
-
-impl Stop {
-    /// `f`'s output, or `None` when the actor stopped first.
-    async fn or<F: std::future::Future>(&mut self, f: F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            _ = self.0.wait_for(|stop| *stop) => None,
-            out = f => Some(out),
-        }
-    }
-}
-
 impl Actor for NatsTrigger {
     type Msg = NatsMsg;
     type State = NatsState;
@@ -481,14 +465,6 @@ async fn run(args: &SourceArgs, me: &ActorRef<NatsMsg>, mut stop: Stop) -> Resul
 
 /// Waits until the trigger may take another event (DESIGN.md flow control: stop pulling at
 /// `max_in_flight` instead of buffering).
-async fn wait_for_capacity(rt: &TriggerRuntime) {
-    // Polling: in-flight slots are released by AckHandle drops all over the router; a 20 ms
-    // poll while saturated costs nothing measurable and needs no wake-up plumbing.
-    while !rt.has_capacity() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn run_core(
     args: &SourceArgs,
     cfg: &NatsConfig,
@@ -519,7 +495,7 @@ async fn run_core(
         let Some(msg) = next else {
             return Err("all NATS subscriptions closed".into());
         };
-        if stop.or(wait_for_capacity(rt)).await.is_none() {
+        if stop.or(rt.wait_for_capacity()).await.is_none() {
             // Core NATS cannot redeliver this one; stopping is an operator's decision.
             tracing::warn!(trigger = rt.name(), subject = %msg.subject, "trigger stopped while full; message dropped");
             return Ok(());
@@ -591,7 +567,7 @@ async fn run_jetstream(
     let progress_every = js.ack_wait / 2;
     let stream_created = stream.cached_info().created.unix_timestamp();
     loop {
-        if stop.or(wait_for_capacity(rt)).await.is_none() {
+        if stop.or(rt.wait_for_capacity()).await.is_none() {
             return Ok(());
         }
         let free = rt
