@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
-# Today's tests (webhooks, HTTP routes, command and http runnables) need a shell, a C toolchain
-# for the build and a Rust toolchain; the dashboard test (tests/dashboard.rs) also needs Debian's
+# Today's tests need a shell, a C toolchain and cmake for the build (librdkafka), a Rust
+# toolchain, and the brokers below (NATS, Mosquitto, tansu for Kafka); the dashboard test (tests/dashboard.rs) also needs Debian's
 # chromium, Node.js with npm and the packages of tests/dashboard. Brokers are added here as their
 # triggers land.
 set -euo pipefail
@@ -17,6 +17,13 @@ command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 # Mosquitto for tests/mqtt.rs (that test also starts its own broker from this binary).
 [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+# tests/mqtt.rs makes its TLS certificates with the openssl command line.
+command -v openssl >/dev/null || need_apt+=(openssl)
+# rdkafka builds librdkafka from source (cmake-build, with TLS, SASL and zstd).
+command -v cmake >/dev/null || need_apt+=(cmake)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+[ -e /usr/include/sasl/sasl.h ] || need_apt+=(libsasl2-dev)
+[ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -52,5 +59,25 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
         sleep 0.1
     done
     (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "services.sh: mosquitto did not start" >&2; exit 1; }
+fi
+# tansu, a Kafka-protocol broker from crates.io (TESTING.md), for tests/kafka.rs. Built once into
+# ~/.cargo/bin (12-20 minutes on 2 cores); later runs reuse it. tests/kafka.rs also starts its
+# own instances from this binary.
+TANSU="${TANSU:-$HOME/.cargo/bin/tansu}"
+if [ ! -x "$TANSU" ]; then
+    echo "services.sh: building tansu (cargo install tansu --locked --features dynostore; takes a while)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
+fi
+# The shared tansu on 127.0.0.1:9092 (in-memory storage), unless something already listens there.
+if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+    echo "services.sh: starting tansu on 127.0.0.1:9092"
+    nohup "$TANSU" broker --listener-url tcp://127.0.0.1:9092 \
+        --advertised-listener-url tcp://127.0.0.1:9092 \
+        --storage-engine memory://tansu/ > /tmp/millgate-tansu.log 2>&1 &
+    for _ in $(seq 300); do
+        (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null || { echo "services.sh: tansu did not start (see /tmp/millgate-tansu.log)" >&2; exit 1; }
 fi
 echo "services.sh: ready"

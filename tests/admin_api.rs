@@ -595,6 +595,7 @@ async fn openapi_document_matches_the_routes() {
         ("POST", "/api/triggers/{name}/parked/cancel"),
         ("GET", "/api/triggers/{name}/state"),
         ("PUT", "/api/triggers/{name}/state"),
+        ("POST", "/api/triggers/{name}/reset"),
         ("GET", "/api/runnables"),
         ("GET", "/api/jobs"),
         ("GET", "/api/jobs/{id}"),

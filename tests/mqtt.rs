@@ -1,7 +1,9 @@
-//! MQTT triggers against a real Mosquitto: the shared one on 127.0.0.1:1883 for most tests, a
-//! private one on a free port for the test that stops the broker. Every test uses its own topic
-//! prefix (and client ids), so tests run in parallel without seeing each other's messages.
-//! Publishers and session observers are rumqttc clients, the library the trigger itself uses.
+//! MQTT triggers (v3.1.1 and v5) against a real Mosquitto: the shared one on 127.0.0.1:1883 for
+//! most tests, private ones on free ports for the tests that stop the broker or need their own
+//! settings (TLS listeners with certificates made at test time by the openssl command line,
+//! refused clients, subscription ACLs). Every test uses its own topic prefix (and client ids),
+//! so tests run in parallel without seeing each other's messages. Publishers and session
+//! observers are rumqttc clients, the library the trigger itself uses.
 
 mod common;
 
@@ -13,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, lines, TestService};
+use common::{eventually, free_port, lines, start_millgate, TestService};
 use millgate_actors::job::{JobRecord, JobStatus};
+use millgate_actors::triggers::mqtt::rumqttc::v5::{self, mqttbytes::v5 as v5p};
 use millgate_actors::triggers::mqtt::rumqttc::{
     self, AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS,
 };
@@ -42,7 +45,8 @@ struct Publisher {
 impl Publisher {
     fn new(port: u16) -> Self {
         let mut opts = MqttOptions::new(unique("pub"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let acked = Arc::new(AtomicUsize::new(0));
         let count = acked.clone();
@@ -90,24 +94,107 @@ impl Drop for Publisher {
     }
 }
 
-/// Connects as `client_id` with a persistent session (manual acks, so nothing it receives is
-/// acknowledged), optionally subscribes, collects what the broker delivers for `listen`, and
-/// disconnects. Used to create a session before millgate runs and to look into a session
-/// after it stopped: whatever millgate left unacknowledged is delivered here again.
+/// A message an observer was handed: its payload and whether it was marked as a redelivery.
+#[derive(Debug)]
+struct Seen {
+    payload: Vec<u8>,
+    dup: bool,
+}
+
+/// What an observer's event loop reports, whatever the protocol version.
+enum Polled {
+    ConnAck,
+    SubAck,
+    Publish(Seen),
+    Other,
+}
+
+/// A session observer's connection: v3.1.1 (`clean_session = false`) or v5 (`clean_start =
+/// false` with a session expiry, so that the session outlives it), manual acks.
+enum Observer {
+    V3(AsyncClient, Box<rumqttc::EventLoop>),
+    V5(v5::AsyncClient, Box<v5::EventLoop>),
+}
+
+impl Observer {
+    fn new(port: u16, client_id: &str, version: u8) -> Self {
+        if version == 5 {
+            let mut opts = v5::MqttOptions::new(client_id, "127.0.0.1", port);
+            let mut props = v5p::ConnectProperties::new();
+            props.session_expiry_interval = Some(300);
+            opts.set_clean_start(false)
+                .set_manual_acks(true)
+                .set_connect_properties(props);
+            let (client, eventloop) = v5::AsyncClient::new(opts, 10);
+            Self::V5(client, Box::new(eventloop))
+        } else {
+            let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+            opts.set_clean_session(false).set_manual_acks(true);
+            let (client, eventloop) = AsyncClient::new(opts, 10);
+            Self::V3(client, Box::new(eventloop))
+        }
+    }
+
+    async fn subscribe(&self, topic: &str) {
+        let queued = match self {
+            Self::V3(client, _) => client
+                .subscribe(topic, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::V5(client, _) => client
+                .subscribe(topic, v5::mqttbytes::QoS::AtLeastOnce)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        queued.expect("subscribe queued");
+    }
+
+    async fn poll(&mut self) -> Result<Polled, String> {
+        Ok(match self {
+            Self::V3(_, eventloop) => match eventloop.poll().await.map_err(|e| e.to_string())? {
+                MqttEvent::Incoming(Packet::ConnAck(_)) => Polled::ConnAck,
+                MqttEvent::Incoming(Packet::SubAck(_)) => Polled::SubAck,
+                MqttEvent::Incoming(Packet::Publish(p)) => Polled::Publish(Seen {
+                    payload: p.payload.to_vec(),
+                    dup: p.dup,
+                }),
+                _ => Polled::Other,
+            },
+            Self::V5(_, eventloop) => match eventloop.poll().await.map_err(|e| e.to_string())? {
+                v5::Event::Incoming(v5p::Packet::ConnAck(_)) => Polled::ConnAck,
+                v5::Event::Incoming(v5p::Packet::SubAck(_)) => Polled::SubAck,
+                v5::Event::Incoming(v5p::Packet::Publish(p)) => Polled::Publish(Seen {
+                    payload: p.payload.to_vec(),
+                    dup: p.dup,
+                }),
+                _ => Polled::Other,
+            },
+        })
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Self::V3(client, _) => client.disconnect().await.map_err(|e| e.to_string()),
+            Self::V5(client, _) => client.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+/// Connects as `client_id` with a persistent session of protocol `version` (manual acks, so
+/// nothing it receives is acknowledged), optionally subscribes, collects what the broker
+/// delivers for `listen`, and disconnects. Used to create a session before millgate runs and
+/// to look into a session after it stopped: whatever millgate left unacknowledged is
+/// delivered here again.
 async fn observe_session(
     port: u16,
     client_id: &str,
     subscribe: Option<&str>,
     listen: Duration,
-) -> Vec<rumqttc::Publish> {
-    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-    opts.set_clean_session(false).set_manual_acks(true);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    version: u8,
+) -> Vec<Seen> {
+    let mut observer = Observer::new(port, client_id, version);
     if let Some(topic) = subscribe {
-        client
-            .subscribe(topic, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe queued");
+        observer.subscribe(topic).await;
     }
     let mut got = Vec::new();
     let mut ready_at: Option<Instant> = None;
@@ -121,22 +208,20 @@ async fn observe_session(
             assert!(ready_at.is_some(), "observer never connected/subscribed");
             break;
         }
-        match tokio::time::timeout(wait, eventloop.poll()).await {
+        match tokio::time::timeout(wait, observer.poll()).await {
             Err(_) => continue,
             // Taken over again by millgate's reconnect: what was delivered so far counts.
             Ok(Err(_)) if ready_at.is_some() => return got,
             Ok(Err(e)) => panic!("observer connection: {e}"),
-            Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) if subscribe.is_none() => {
-                ready_at = Some(Instant::now())
-            }
-            Ok(Ok(MqttEvent::Incoming(Packet::SubAck(_)))) => ready_at = Some(Instant::now()),
-            Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) => got.push(p),
+            Ok(Ok(Polled::ConnAck)) if subscribe.is_none() => ready_at = Some(Instant::now()),
+            Ok(Ok(Polled::SubAck)) => ready_at = Some(Instant::now()),
+            Ok(Ok(Polled::Publish(p))) => got.push(p),
             Ok(Ok(_)) => {}
         }
     }
-    let _ = client.disconnect().await;
+    observer.disconnect().await;
     // Let the disconnect go out.
-    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), observer.poll()).await;
     got
 }
 
@@ -179,6 +264,12 @@ async fn wait_jobs(t: &TestService, trigger: &str, n: usize) -> Vec<JobRecord> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The args a `record` runnable (`cat > {DIR}/args-$MILLGATE_JOB_ID.json`) wrote for `job`.
+fn written_args(t: &TestService, job: &JobRecord) -> Value {
+    let text = std::fs::read_to_string(t.path(&format!("args-{}.json", job.job_id)));
+    serde_json::from_str(&text.expect("args")).expect("json args")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,11 +328,7 @@ subscriptions = [{{ topic = "{base}/json", qos = 1 }}, {{ topic = "{base}/bin", 
     );
     // Windmill's default mapping: the base64 payload is the argument.
     assert_eq!(json_job.args, json!({"payload": b64(br#"{"n": 7}"#)}));
-    let written: Value = serde_json::from_str(
-        &std::fs::read_to_string(t.path(&format!("args-{}.json", json_job.job_id))).expect("args"),
-    )
-    .expect("json args");
-    assert_eq!(written, json_job.args);
+    assert_eq!(written_args(&t, json_job), json_job.args);
 
     let bin = jobs
         .iter()
@@ -326,9 +413,82 @@ preprocessor = {{ jq = 'if .data.skip then empty else {{topic, n: .data.n, retai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_rumqttcs_default_limit_arrive_in_both_versions() {
+    let base = unique("mgbig");
+    let t = TestService::start(&format!(
+        r#"
+[runnables.size]
+command = ["sh", "-c", 'wc -c']
+
+[[triggers]]
+name = "big3"
+kind = "mqtt"
+runnable = "size"
+broker = "127.0.0.1"
+subscriptions = [{{ topic = "{base}/3", qos = 1 }}]
+preprocessor = {{ jq = '{{len: (.payload | length)}}' }}
+
+[[triggers]]
+name = "big5"
+kind = "mqtt"
+version = 5
+runnable = "size"
+broker = "127.0.0.1"
+subscriptions = [{{ topic = "{base}/5", qos = 1 }}]
+preprocessor = {{ jq = '{{len: (.payload | length)}}' }}
+"#
+    ))
+    .await;
+    wait_subscribed(&t, "big3").await;
+    wait_subscribed(&t, "big5").await;
+    // 200 KB: twenty times rumqttc's default packet limit (10 KiB).
+    let payload = vec![b'x'; 200_000];
+    let publisher = Publisher::new(SHARED_PORT);
+    publisher
+        .publish(&format!("{base}/3"), QoS::AtLeastOnce, false, &payload)
+        .await;
+    publisher
+        .publish(&format!("{base}/5"), QoS::AtLeastOnce, false, &payload)
+        .await;
+    publisher.wait_acked(2).await;
+    for name in ["big3", "big5"] {
+        let jobs = wait_jobs(&t, name, 1).await;
+        assert_eq!(
+            jobs[0].status,
+            JobStatus::Succeeded,
+            "{name}: {:?}",
+            jobs[0]
+        );
+        // base64 of 200,000 bytes is 266,668 characters.
+        assert_eq!(jobs[0].args, json!({"len": 266_668}), "{name}");
+        assert_eq!(trigger_state(&t, name), TriggerState::Running, "{name}");
+    }
+    t.stop().await;
+}
+
+/// The trigger settings of a persistent session in protocol `version` (3 or 5).
+fn persistent_session(version: u8) -> &'static str {
+    if version == 5 {
+        "version = 5\nclean_start = false\nsession_expiry = \"5m\""
+    } else {
+        "clean_session = false"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_twice_then_succeeding_acks_only_after_success() {
+    fail_twice_then_succeed(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_failing_twice_then_succeeding_acks_only_after_success() {
+    fail_twice_then_succeed(5).await;
+}
+
+async fn fail_twice_then_succeed(version: u8) {
     let base = unique("mgretry");
     let client_id = unique("mgc");
+    let session = persistent_session(version);
     let t = TestService::start(&format!(
         r#"
 [runnables.flaky]
@@ -340,7 +500,7 @@ kind = "mqtt"
 runnable = "flaky"
 broker = "127.0.0.1"
 client_id = "{client_id}"
-clean_session = false
+{session}
 subscriptions = [{{ topic = "{base}/x", qos = 1 }}]
 retry = {{ attempts = 3, initial = "300ms", max = "300ms" }}
 "#
@@ -367,7 +527,14 @@ retry = {{ attempts = 3, initial = "300ms", max = "300ms" }}
     // session over: an unacknowledged message would be redelivered to the observer.
     tokio::time::sleep(Duration::from_millis(500)).await;
     t.stop().await;
-    let left = observe_session(SHARED_PORT, &client_id, None, Duration::from_millis(1500)).await;
+    let left = observe_session(
+        SHARED_PORT,
+        &client_id,
+        None,
+        Duration::from_millis(1500),
+        version,
+    )
+    .await;
     assert!(left.is_empty(), "message was never acknowledged: {left:?}");
 }
 
@@ -375,6 +542,16 @@ retry = {{ attempts = 3, initial = "300ms", max = "300ms" }}
 async fn unsettled_messages_stay_unacknowledged_in_the_session() {
     // The counterpart of the test above: while a job has no outcome, its message is not
     // acknowledged, so the persistent session still holds it when millgate goes away.
+    unsettled_stay_unacknowledged(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_unsettled_messages_stay_unacknowledged_in_the_session() {
+    unsettled_stay_unacknowledged(5).await;
+}
+
+async fn unsettled_stay_unacknowledged(version: u8) {
+    let session = persistent_session(version);
     let base = unique("mghold");
     let client_id = unique("mgc");
     let t = TestService::start(&format!(
@@ -388,7 +565,7 @@ kind = "mqtt"
 runnable = "gate"
 broker = "127.0.0.1"
 client_id = "{client_id}"
-clean_session = false
+{session}
 subscriptions = [{{ topic = "{base}/x", qos = 1 }}]
 "#
     ))
@@ -406,10 +583,17 @@ subscriptions = [{{ topic = "{base}/x", qos = 1 }}]
     eventually(SECS_20, "job running", || t.jobs_of("held").len() == 1).await;
     // Take the session over while the job runs: the broker hands the unacknowledged message
     // to the observer (millgate's trigger is kicked off and backs off meanwhile).
-    let left = observe_session(SHARED_PORT, &client_id, None, Duration::from_millis(1500)).await;
+    let left = observe_session(
+        SHARED_PORT,
+        &client_id,
+        None,
+        Duration::from_millis(1500),
+        version,
+    )
+    .await;
     std::fs::write(t.path("release"), b"").expect("release");
     assert_eq!(left.len(), 1, "the running job's message was already acked");
-    assert_eq!(left[0].payload.as_ref(), br#"{"held": 1}"#);
+    assert_eq!(left[0].payload.as_slice(), br#"{"held": 1}"#);
     assert!(left[0].dup, "a redelivery is marked dup");
     wait_jobs(&t, "held", 1).await;
     t.stop().await;
@@ -460,7 +644,14 @@ retry = {{ attempts = 2, initial = "100ms", max = "100ms" }}
         "redelivered after dead-lettering"
     );
     t.stop().await;
-    let left = observe_session(SHARED_PORT, &client_id, None, Duration::from_millis(1500)).await;
+    let left = observe_session(
+        SHARED_PORT,
+        &client_id,
+        None,
+        Duration::from_millis(1500),
+        3,
+    )
+    .await;
     assert!(
         left.is_empty(),
         "dead-lettered message not acknowledged: {left:?}"
@@ -525,26 +716,20 @@ preprocessor = {{ jq = '{{topic, n: .data.n, delay: (if .data.n < 2 then "0.3" e
 // ---------------------------------------------------------------------------------------------
 // Processes: millgate killed with -9, mosquitto stopped and restarted
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start_millgate(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("millgate starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_persistent_session_loses_no_message() {
+    kill_9_loses_no_message(3).await;
+}
+
+/// The v5 session (`clean_start = false`, `session_expiry`) keeps what millgate left
+/// unacknowledged across the restart, like the v3.1.1 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_kill_9_with_a_persistent_session_loses_no_message() {
+    kill_9_loses_no_message(5).await;
+}
+
+async fn kill_9_loses_no_message(version: u8) {
+    let session = persistent_session(version);
     let base = unique("mgcrash");
     let client_id = unique("mgcrash");
     let topic = format!("{base}/m");
@@ -554,7 +739,7 @@ async fn kill_9_with_a_persistent_session_loses_no_message() {
     wait_port(bport).await;
     // Create the session (and its subscription) first, so the broker queues every message
     // for millgate's client id before millgate ever runs.
-    observe_session(bport, &client_id, Some(&topic), Duration::ZERO).await;
+    observe_session(bport, &client_id, Some(&topic), Duration::ZERO, version).await;
     const N: usize = 40;
     let publisher = Publisher::new(bport);
     for i in 0..N {
@@ -596,7 +781,7 @@ runnable = "slow"
 broker = "127.0.0.1"
 port = {bport}
 client_id = "{client_id}"
-clean_session = false
+{session}
 subscriptions = [{{ topic = "{topic}", qos = 1 }}]
 max_in_flight = 10
 preprocessor = {{ jq = '{{i: .data.i}}' }}
@@ -660,7 +845,14 @@ preprocessor = {{ jq = '{{i: .data.i}}' }}
     eprintln!("ran before the kill: {before}/{N}; runs in all: {total} (redeliveries run again)");
     // Nothing is left unacknowledged in the session once the second process has run
     // everything: each message was acked after its job's outcome.
-    let left = observe_session(bport, &client_id, None, Duration::from_millis(1500)).await;
+    let left = observe_session(
+        bport,
+        &client_id,
+        None,
+        Duration::from_millis(1500),
+        version,
+    )
+    .await;
     let leftover: Vec<Value> = left
         .iter()
         .filter_map(|p| serde_json::from_slice(&p.payload).ok())
@@ -678,13 +870,20 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(port: u16, dir: &Path) -> Self {
+        Self::start_with(
+            dir,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+    }
+
+    /// A broker on `listeners` (its listener and security lines); log in `dir`. Started as
+    /// root, mosquitto would switch to its own user, who cannot read the test's files: it
+    /// stays root.
+    fn start_with(dir: &Path, listeners: &str) -> Self {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type all\n"
-            ),
+            format!("persistence false\nlog_dest stderr\nlog_type all\nuser root\n{listeners}"),
         )
         .expect("mosquitto config");
         let child = Command::new("/usr/sbin/mosquitto")
@@ -791,5 +990,532 @@ subscriptions = [{{ topic = "orders/#", qos = 1 }}]
         trigger_state(&t, "resilient") == TriggerState::Running
     })
     .await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT v5, TLS and refusals
+
+/// A v5 publisher (rumqttc's v5 client) whose event loop runs in a task.
+struct Publisher5 {
+    client: v5::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher5 {
+    fn new(port: u16) -> Self {
+        let mut opts = v5::MqttOptions::new(unique("pub5"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(Some(1 << 20));
+        let (client, mut eventloop) = v5::AsyncClient::new(opts, 100);
+        let task = tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self { client, task }
+    }
+}
+
+impl Drop for Publisher5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Quick restarts and a runnable `ok` that succeeds, for tests that watch triggers back off.
+const FAST_BACKOFF: &str = r#"
+[supervisor]
+restart_initial = "200ms"
+restart_max = "1s"
+
+[runnables.ok]
+command = ["sh", "-c", 'cat > /dev/null; echo "{}"']
+"#;
+
+/// Waits until trigger `name` backs off with an error that satisfies `expected`; returns it.
+async fn wait_backing_off(t: &TestService, name: &str, expected: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + SECS_20;
+    loop {
+        let s = trigger_state(t, name);
+        if let TriggerState::BackingOff { last_error, .. } = &s {
+            if expected(last_error) {
+                return last_error.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never backed off with the expected error: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_messages_carry_their_properties_into_job_args() {
+    let base = unique("mgv5");
+    let t = TestService::start(&format!(
+        r#"
+[runnables.record]
+command = ["sh", "-c", 'cat > {{DIR}}/args-$MILLGATE_JOB_ID.json; echo "{{}}"']
+
+[[triggers]]
+name = "v5"
+kind = "mqtt"
+runnable = "record"
+broker = "127.0.0.1"
+port = {SHARED_PORT}
+version = 5
+subscriptions = [{{ topic = "{base}/props", qos = 1 }}, {{ topic = "{base}/plain/#", qos = 0 }}]
+preprocessor = {{ jq = '{{topic, data, qos, properties}}' }}
+"#
+    ))
+    .await;
+    wait_subscribed(&t, "v5").await;
+    assert_eq!(source_status(&t, "v5")["session_present"], false);
+    let publisher = Publisher5::new(SHARED_PORT);
+    let props = v5p::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(3600),
+        response_topic: Some(format!("{base}/replies")),
+        correlation_data: Some(b"\x00\x01corr".to_vec().into()),
+        user_properties: vec![
+            ("source".into(), "sensor-7".into()),
+            ("source".into(), "relay".into()),
+            ("unit".into(), "C".into()),
+        ],
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties(
+            format!("{base}/props"),
+            v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            br#"{"t": 21.5}"#.to_vec(),
+            props,
+        )
+        .await
+        .expect("publish queued");
+    publisher
+        .client
+        .publish(
+            format!("{base}/plain/x"),
+            v5::mqttbytes::QoS::AtMostOnce,
+            false,
+            b"hello".to_vec(),
+        )
+        .await
+        .expect("publish queued");
+
+    let jobs = wait_jobs(&t, "v5", 2).await;
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded));
+    let job = jobs
+        .iter()
+        .find(|j| j.event["topic"] == format!("{base}/props"))
+        .expect("job of the message with properties");
+    let mut args = job.args.clone();
+    // The broker hands on what is left of the expiry interval.
+    let expiry = args["properties"]
+        .as_object_mut()
+        .and_then(|p| p.remove("message_expiry_interval"))
+        .and_then(|v| v.as_u64())
+        .expect("message_expiry_interval");
+    assert!((3590..=3600).contains(&expiry), "{expiry}");
+    assert_eq!(
+        args,
+        json!({
+            "topic": format!("{base}/props"),
+            "data": {"t": 21.5},
+            "qos": 1,
+            "properties": {
+                "content_type": "application/json",
+                "response_topic": format!("{base}/replies"),
+                "correlation_data": b64(b"\x00\x01corr"),
+                "payload_format_indicator": 1,
+                "user_properties": [["source", "sensor-7"], ["source", "relay"], ["unit", "C"]],
+                // The first `subscriptions` entry matched.
+                "subscription_identifiers": [1],
+            },
+        })
+    );
+    assert_eq!(written_args(&t, job), job.args);
+    assert_eq!(job.event["payload"], b64(br#"{"t": 21.5}"#));
+    assert!(job.event["pkid"].as_u64().expect("pkid") >= 1);
+    assert_eq!(job.event["dup"], false);
+
+    let plain = jobs
+        .iter()
+        .find(|j| j.event["topic"] == format!("{base}/plain/x"))
+        .expect("job of the plain message");
+    assert_eq!(
+        plain.args,
+        json!({
+            "topic": format!("{base}/plain/x"),
+            "data": null,
+            "qos": 0,
+            "properties": {"user_properties": [], "subscription_identifiers": [2]},
+        })
+    );
+    assert_eq!(plain.event["payload"], b64(b"hello"));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_and_subscriptions_name_the_reason_code() {
+    // One broker refuses anonymous clients; the other lets them in but, through mosquitto's
+    // dynamic security plugin, lets them subscribe to `allowed/#` only.
+    let closed_dir = tempfile::tempdir().expect("tempdir");
+    let closed = free_port();
+    let _closed_broker = Mosquitto::start_with(
+        closed_dir.path(),
+        &format!("listener {closed} 127.0.0.1\nallow_anonymous false\n"),
+    );
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    let open = free_port();
+    let dynsec = open_dir.path().join("dynsec.json");
+    std::fs::write(
+        &dynsec,
+        json!({
+            "defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true,
+                "subscribe": false, "unsubscribe": true},
+            "clients": [],
+            "anonymousGroup": "anonymous",
+            "groups": [{"groupname": "anonymous", "roles": [{"rolename": "allowed"}],
+                "clients": []}],
+            "roles": [{"rolename": "allowed", "acls": [
+                {"acltype": "subscribePattern", "topic": "allowed/#", "allow": true}]}],
+        })
+        .to_string(),
+    )
+    .expect("dynamic security config");
+    // Part of Debian's mosquitto package.
+    let plugin = [
+        "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("mosquitto_dynamic_security.so (mosquitto >= 2.0)");
+    let _open_broker = Mosquitto::start_with(
+        open_dir.path(),
+        &format!(
+            "listener {open} 127.0.0.1\nallow_anonymous true\n\
+             plugin {plugin}\nplugin_opt_config_file {}\n",
+            dynsec.display()
+        ),
+    );
+    wait_port(closed).await;
+    wait_port(open).await;
+    let t = TestService::start(&format!(
+        r#"{FAST_BACKOFF}
+[[triggers]]
+name = "closed3"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {closed}
+subscriptions = [{{ topic = "allowed/a", qos = 1 }}]
+
+[[triggers]]
+name = "closed5"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {closed}
+version = 5
+subscriptions = [{{ topic = "allowed/a", qos = 1 }}]
+
+[[triggers]]
+name = "denied3"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {open}
+subscriptions = [{{ topic = "allowed/a", qos = 1 }}, {{ topic = "denied/#", qos = 1 }}]
+
+[[triggers]]
+name = "denied5"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {open}
+version = 5
+subscriptions = [{{ topic = "allowed/a", qos = 1 }}, {{ topic = "denied/#", qos = 1 }}]
+"#
+    ))
+    .await;
+    let refused = format!("MQTT broker 127.0.0.1:{closed} refused the connection");
+    let e = wait_backing_off(&t, "closed3", |e| e.contains(&refused)).await;
+    assert!(e.ends_with("return code 5 (NotAuthorized)"), "{e}");
+    let e = wait_backing_off(&t, "closed5", |e| e.contains(&refused)).await;
+    assert!(e.ends_with("reason code 0x87 (NotAuthorized)"), "{e}");
+    let e = wait_backing_off(&t, "denied3", |e| e.contains("refused the subscription")).await;
+    assert!(
+        e.ends_with("refused the subscription to `denied/#`: return code 0x80 (Failure)"),
+        "{e}"
+    );
+    let e = wait_backing_off(&t, "denied5", |e| e.contains("refused the subscription")).await;
+    assert!(
+        e.ends_with("refused the subscription to `denied/#`: reason code 0x87 (NotAuthorized)"),
+        "{e}"
+    );
+    t.stop().await;
+}
+
+/// A CA (`ca.pem`, `ca.key`), a server certificate for localhost / 127.0.0.1 (`server.pem`,
+/// `server.key`) and a client certificate (`client.pem`, `client.key`) signed by it, and a
+/// second CA that signed nothing (`other-ca.pem`): P-256 keys, made with the openssl command
+/// line into `dir`.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command line (Debian: apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (keyout, out, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN=millgate test {ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", subj.as_str()];
+        args.extend(key);
+        args.extend(["-keyout", keyout.as_str(), "-out", out.as_str()]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        run(&args);
+    }
+    for (name, usage, san) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        let (keyout, csr, out, ext, subj) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+            format!("/CN=millgate-{name}"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}"),
+        )
+        .expect("extensions file");
+        let mut args = vec!["req", "-subj", subj.as_str(), "-keyout", keyout.as_str()];
+        args.extend(["-out", csr.as_str()]);
+        args.extend(key);
+        run(&args);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &out,
+        ]);
+    }
+}
+
+/// A broker with a plain listener (for the test's publisher) and a TLS one with the
+/// certificates of `make_certs`; `require_certificate` asks clients for theirs.
+async fn start_tls_broker(dir: &Path, require_certificate: bool) -> (Mosquitto, u16, u16) {
+    make_certs(dir);
+    let (plain, tls) = (free_port(), free_port());
+    let d = dir.display();
+    let broker = Mosquitto::start_with(
+        dir,
+        &format!(
+            "allow_anonymous true\nlistener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+             keyfile {d}/server.key\nrequire_certificate {require_certificate}\n"
+        ),
+    );
+    wait_port(plain).await;
+    wait_port(tls).await;
+    (broker, plain, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_ca_receives_messages_and_without_it_backs_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, plain, tls) = start_tls_broker(dir.path(), false).await;
+    let d = dir.path().display();
+    let t = TestService::start(&format!(
+        r#"{FAST_BACKOFF}
+[[triggers]]
+name = "secure3"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+tls = {{ ca_file = "{d}/ca.pem" }}
+subscriptions = [{{ topic = "secure/three", qos = 1 }}]
+
+[[triggers]]
+name = "secure5"
+kind = "mqtt"
+runnable = "ok"
+broker = "localhost"
+port = {tls}
+version = 5
+tls = {{ ca_file = "{d}/ca.pem" }}
+subscriptions = [{{ topic = "secure/five", qos = 1 }}]
+
+[[triggers]]
+name = "system_roots"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+tls = {{}}
+subscriptions = [{{ topic = "secure/three", qos = 1 }}]
+
+[[triggers]]
+name = "other_ca"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+version = 5
+tls = {{ ca_file = "{d}/other-ca.pem" }}
+subscriptions = [{{ topic = "secure/five", qos = 1 }}]
+
+[[triggers]]
+name = "missing_ca"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+tls = {{ ca_file = "{d}/missing.pem" }}
+subscriptions = [{{ topic = "secure/three", qos = 1 }}]
+
+[[triggers]]
+name = "plaintext_to_tls"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+subscriptions = [{{ topic = "secure/three", qos = 1 }}]
+"#
+    ))
+    .await;
+    wait_subscribed(&t, "secure3").await;
+    wait_subscribed(&t, "secure5").await;
+    let publisher = Publisher::new(plain);
+    publisher
+        .publish("secure/three", QoS::AtLeastOnce, false, br#"{"v": 3}"#)
+        .await;
+    publisher
+        .publish("secure/five", QoS::AtLeastOnce, false, br#"{"v": 5}"#)
+        .await;
+    let three = wait_jobs(&t, "secure3", 1).await;
+    assert_eq!(three[0].event["data"], json!({"v": 3}));
+    assert_eq!(three[0].status, JobStatus::Succeeded);
+    let five = wait_jobs(&t, "secure5", 1).await;
+    assert_eq!(five[0].event["data"], json!({"v": 5}));
+    assert_eq!(
+        five[0].event["properties"]["subscription_identifiers"],
+        json!([1])
+    );
+
+    // A broker certificate that chains to no trusted root is refused, and said so.
+    for name in ["system_roots", "other_ca"] {
+        let e = wait_backing_off(&t, name, |e| !e.is_empty()).await;
+        assert!(e.to_lowercase().contains("certificate"), "{name}: {e}");
+        assert!(t.jobs_of(name).is_empty());
+    }
+    let missing = format!("{d}/missing.pem");
+    let e = wait_backing_off(&t, "missing_ca", |e| !e.is_empty()).await;
+    assert!(e.starts_with("tls.ca_file"), "{e}");
+    assert!(e.contains(&missing) && e.contains("cannot read"), "{e}");
+    wait_backing_off(&t, "plaintext_to_tls", |e| !e.is_empty()).await;
+    assert_ne!(trigger_state(&t, "other_ca"), TriggerState::Disabled);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_connects_with_the_client_certificate_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, plain, tls) = start_tls_broker(dir.path(), true).await;
+    let d = dir.path().display();
+    let t = TestService::start(&format!(
+        r#"{FAST_BACKOFF}
+[[triggers]]
+name = "mutual"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+version = 5
+tls = {{ ca_file = "{d}/ca.pem", client_cert_file = "{d}/client.pem", client_key_file = "{d}/client.key" }}
+subscriptions = [{{ topic = "mutual/#", qos = 1 }}]
+
+[[triggers]]
+name = "anonymous"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+tls = {{ ca_file = "{d}/ca.pem" }}
+subscriptions = [{{ topic = "mutual/#", qos = 1 }}]
+
+[[triggers]]
+name = "bad_key"
+kind = "mqtt"
+runnable = "ok"
+broker = "127.0.0.1"
+port = {tls}
+tls = {{ ca_file = "{d}/ca.pem", client_cert_file = "{d}/client.pem", client_key_file = "{d}/client.pem" }}
+subscriptions = [{{ topic = "mutual/#", qos = 1 }}]
+"#
+    ))
+    .await;
+    wait_subscribed(&t, "mutual").await;
+    let publisher = Publisher::new(plain);
+    publisher
+        .publish("mutual/a", QoS::AtLeastOnce, false, b"{}")
+        .await;
+    let jobs = wait_jobs(&t, "mutual", 1).await;
+    assert_eq!(jobs[0].event["topic"], "mutual/a");
+    // Without a client certificate the broker ends the handshake.
+    let e = wait_backing_off(&t, "anonymous", |e| !e.is_empty()).await;
+    // (`received fatal alert: CertificateRequired` with mosquitto and TLS 1.3)
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert!(t.jobs_of("anonymous").is_empty());
+    assert_ne!(source_status(&t, "anonymous")["subscribed"], true);
+    let e = wait_backing_off(&t, "bad_key", |e| !e.is_empty()).await;
+    assert!(e.starts_with("tls.client_key_file"), "{e}");
+    assert!(e.contains("client.pem"), "{e}");
     t.stop().await;
 }

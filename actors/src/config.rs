@@ -485,8 +485,8 @@ impl Config {
                 issues.push((format!("preprocessor.{key}"), m));
             }
         }
-        if let Some(order_by) = &c.order_by {
-            if let Err(m) = crate::preprocess::JqFilter::compile(order_by) {
+        if let Some(order_by) = trigger.order_by_expr() {
+            if let Err(m) = crate::preprocess::JqFilter::compile(&order_by) {
                 issues.push(("order_by".into(), m));
             }
         }

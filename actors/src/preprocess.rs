@@ -228,8 +228,8 @@ pub fn default_args(kind: &str, event: &Value) -> Value {
             .cloned()
             .unwrap_or_else(|| serde_json::json!({})),
         "poll" => event.get("item").cloned().unwrap_or_default(),
-        // Windmill hands a NATS or MQTT message to the script as its base64 `payload`.
-        "nats" | "mqtt" => {
+        // Windmill hands a NATS, MQTT or Kafka message to the script as its base64 `payload`.
+        "nats" | "mqtt" | "kafka" => {
             serde_json::json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
         }
         _ => event.clone(),

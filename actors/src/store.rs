@@ -151,13 +151,7 @@ impl Store {
         records: &[JobRecord],
         dedup_event_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        for r in records {
-            self.put_job(r)?;
-            self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
-        }
-        if let Some(event_id) = dedup_event_id {
-            self.put_dedup(event_id, records)?;
-        }
+        self.write_jobs(records, dedup_event_id, false)?;
         self.commit().await
     }
 
@@ -167,16 +161,33 @@ impl Store {
         records: &[JobRecord],
         dedup_event_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.write_jobs(records, dedup_event_id, true)?;
+        self.commit().await
+    }
+
+    /// Writes one event's jobs (queued, or parked) and its dedup entry without waiting for the
+    /// disk: the caller owns the [`Store::commit`] that makes them durable, so that a batch of
+    /// events shares one flush. Nothing may be acknowledged before that commit returns.
+    pub fn write_jobs(
+        &self,
+        records: &[JobRecord],
+        dedup_event_id: Option<&str>,
+        parked: bool,
+    ) -> Result<(), StoreError> {
         for r in records {
             self.put_job(r)?;
-            self.inner
-                .parked
-                .insert(parked_key(&r.trigger, r.job_id), &[])?;
+            if parked {
+                self.inner
+                    .parked
+                    .insert(parked_key(&r.trigger, r.job_id), &[])?;
+            } else {
+                self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
+            }
         }
         if let Some(event_id) = dedup_event_id {
             self.put_dedup(event_id, records)?;
         }
-        self.commit().await
+        Ok(())
     }
 
     /// Moves a trigger's parked jobs to the queue (oldest first) and returns them.

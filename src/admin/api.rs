@@ -45,6 +45,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(resume_trigger))
         .routes(routes!(cancel_parked))
         .routes(routes!(get_source_state, put_source_state))
+        .routes(routes!(reset_trigger))
         .routes(routes!(list_runnables))
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
@@ -65,17 +66,24 @@ const SECRET: &str = "***";
 /// The trigger's definition with its secrets replaced by `***`.
 fn redacted_config(c: &TriggerConfig) -> Value {
     let mut v = Value::Object(c.to_map());
-    if v.get("token").is_some_and(|t| !t.is_null()) {
-        v["token"] = json!(SECRET);
-    }
-    if let Some(auth) = v.get_mut("auth").and_then(Value::as_object_mut) {
-        for key in ["token", "key", "password", "secret"] {
-            if auth.contains_key(key) {
-                auth.insert(key.into(), json!(SECRET));
+    redact(&mut v, false);
+    v
+}
+
+/// Replaces credentials anywhere in a trigger's config (`auth`, MQTT `password`, Kafka
+/// `security.password`, NATS `seed`...). `key` is a secret only inside `auth`.
+fn redact(v: &mut Value, in_auth: bool) {
+    const SECRETS: &[&str] = &["token", "password", "secret", "key_password", "seed", "jwt"];
+    if let Value::Object(m) = v {
+        for (k, child) in m.iter_mut() {
+            let secret = SECRETS.contains(&k.as_str()) || (in_auth && k == "key");
+            if secret && !child.is_null() && !child.is_object() {
+                *child = json!(SECRET);
+            } else {
+                redact(child, k == "auth");
             }
         }
     }
-    v
 }
 
 fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
@@ -105,8 +113,14 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
         "rate_1m": (rt.rate.per_second() * 1000.0).round() / 1000.0,
         "counters": rt.counters.snapshot(),
         "config": redacted_config(&rt.config),
-        // schedule/poll: next fire times, skipped/missed counters (null for other kinds).
-        "schedule": rt.source_status.lock().map(|s| s.clone()).unwrap_or_default(),
+        // What the trigger's source reports: a schedule's next fire times and counters, a
+        // broker connection's state (Kafka: group, assigned partitions and positions).
+        "source_status": rt.source_status.lock().map(|s| s.clone()).unwrap_or_default(),
+        // Kept for schedule/poll clients of the first API version.
+        "schedule": match rt.kind() {
+            "schedule" | "poll" => rt.source_status.lock().map(|s| s.clone()).unwrap_or_default(),
+            _ => Value::Null,
+        },
     })
 }
 
@@ -748,10 +762,16 @@ pub async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 // Saved state of schedule and poll triggers
 
 /// The trigger, when it is of a kind that keeps state (schedule, poll).
-fn stateful(state: &AdminState, name: &str) -> ApiResult<std::sync::Arc<TriggerEntry>> {
+fn stateful(
+    state: &AdminState,
+    name: &str,
+    readable_kafka: bool,
+) -> ApiResult<std::sync::Arc<TriggerEntry>> {
     let e = entry(state, name)?;
     match e.runtime.kind() {
         "schedule" | "poll" => Ok(e),
+        // A Kafka trigger's positions can be read; they are changed through `reset`.
+        "kafka" if readable_kafka => Ok(e),
         kind => Err(ApiError::conflict(format!(
             "trigger `{name}` is a {kind} trigger; only schedule and poll triggers keep state"
         ))),
@@ -767,7 +787,7 @@ async fn get_source_state(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let e = stateful(&state, &name)?;
+    let e = stateful(&state, &name, true)?;
     let saved = state
         .service
         .store
@@ -792,7 +812,7 @@ async fn put_source_state(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let e = stateful(&state, &name)?;
+    let e = stateful(&state, &name, false)?;
     let new: Value = serde_json::from_slice(&body)
         .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
     if e.runtime.kind() == "schedule" {
@@ -810,4 +830,58 @@ async fn put_source_state(
         "kind": e.runtime.kind(),
         "state": new,
     })))
+}
+
+/// Moves a Kafka trigger's consumer group to `earliest`, `latest`, an `{"offset": n}` (all
+/// assigned partitions, or one with `topic`/`partition`) or the first offset at or after a
+/// `{"timestamp": ms}`. The reset applies to the partitions this instance is assigned; the
+/// messages read again run as new jobs. Answers 200 with the new positions once applied, 202
+/// when the trigger has no partitions yet (it applies at the next assignment).
+#[utoipa::path(post, path = "/api/triggers/{name}/reset", tag = "triggers",
+    params(("name" = String, Path, description = "trigger name")),
+    request_body(content = Object, description = "`{\"to\": \"earliest\" | \"latest\" | {\"offset\": n, \"topic\"?, \"partition\"?} | {\"timestamp\": ms}}`"),
+    responses((status = 200, body = Object), (status = 202, body = Object), (status = 400, body = Object), (status = 404, body = Object), (status = 409, body = Object)))]
+async fn reset_trigger(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use millgate_actors::triggers::kafka;
+    let e = entry(&state, &name)?;
+    if e.runtime.kind() != "kafka" {
+        return Err(ApiError::conflict(format!(
+            "trigger `{name}` is a {} trigger; only Kafka triggers can be reset",
+            e.runtime.kind()
+        )));
+    }
+    let request: kafka::ResetRequest = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::bad_request(format!(
+            "body must be {{\"to\": \"earliest\" | \"latest\" | {{\"offset\": n}} | {{\"timestamp\": ms}}}}: {err}"
+        ))
+    })?;
+    let store = &state.service.store;
+    let id = kafka::request_reset(store, &name, request.to)
+        .await
+        .map_err(ApiError::bad_request)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let saved = kafka::KafkaState::load(store, &name).map_err(ApiError::internal)?;
+        if let Some(last) = saved.last_reset.filter(|l| l["id"] == json!(id)) {
+            let mut body = json!({"trigger": name});
+            if let (Value::Object(b), Value::Object(l)) = (&mut body, last) {
+                b.extend(l);
+            }
+            return Ok((StatusCode::OK, Json(body)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "trigger": name,
+            "id": id,
+            "status": "pending",
+            "message": "the trigger has no assigned partitions yet; the reset applies when it gets them",
+        })),
+    ))
 }

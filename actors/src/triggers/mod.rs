@@ -8,6 +8,8 @@
 pub mod cron;
 pub mod http;
 pub mod http_auth;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]
@@ -80,6 +82,8 @@ pub enum TriggerSpec {
     Nats(nats::NatsConfig),
     #[cfg(feature = "mqtt")]
     Mqtt(mqtt::MqttConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
 }
 
 pub const KINDS: &[&str] = &[
@@ -91,6 +95,8 @@ pub const KINDS: &[&str] = &[
     "nats",
     #[cfg(feature = "mqtt")]
     "mqtt",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 
 /// One `[[triggers]]` entry: common keys and the kind's keys side by side in one table.
@@ -141,6 +147,8 @@ impl TriggerConfig {
             "nats" => keyed(rest).map(TriggerSpec::Nats),
             #[cfg(feature = "mqtt")]
             "mqtt" => keyed(rest).map(TriggerSpec::Mqtt),
+            #[cfg(feature = "kafka")]
+            "kafka" => keyed(rest).map(TriggerSpec::Kafka),
             _ => unreachable!("checked against KINDS above"),
         }
         .map_err(|e| {
@@ -170,6 +178,8 @@ impl TriggerConfig {
             TriggerSpec::Nats(n) => serde_json::to_value(n),
             #[cfg(feature = "mqtt")]
             TriggerSpec::Mqtt(m) => serde_json::to_value(m),
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(k) => serde_json::to_value(k),
         };
         if let Ok(Value::Object(m)) = spec {
             map.extend(m);
@@ -187,6 +197,24 @@ impl TriggerConfig {
             TriggerSpec::Nats(_) => None,
             #[cfg(feature = "mqtt")]
             TriggerSpec::Mqtt(_) => None,
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(_) => None,
+        }
+    }
+
+    /// The jq expression behind `order_by`, with the kinds' shorthands expanded: `"subject"`
+    /// (nats), `"topic"` (mqtt), `"partition"` and `"key"` (kafka, which orders per partition
+    /// unless told otherwise; `"none"` turns that off).
+    pub fn order_by_expr(&self) -> Option<String> {
+        let configured = self.common.order_by.as_deref();
+        match (&self.spec, configured) {
+            #[cfg(feature = "nats")]
+            (TriggerSpec::Nats(_), Some("subject")) => Some(".subject".into()),
+            #[cfg(feature = "mqtt")]
+            (TriggerSpec::Mqtt(_), Some("topic")) => Some(".topic".into()),
+            #[cfg(feature = "kafka")]
+            (TriggerSpec::Kafka(_), c) => kafka::order_by_expr(c),
+            (_, c) => c.map(str::to_string),
         }
     }
 
@@ -206,6 +234,8 @@ impl TriggerConfig {
             TriggerSpec::Nats(n) => n.endpoint(&self.common.name),
             #[cfg(feature = "mqtt")]
             TriggerSpec::Mqtt(m) => m.endpoint(),
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(k) => k.endpoint(),
         }
     }
 }
@@ -223,6 +253,8 @@ impl TriggerSpec {
             TriggerSpec::Nats(n) => n.validate(),
             #[cfg(feature = "mqtt")]
             TriggerSpec::Mqtt(m) => m.validate(),
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(k) => k.validate(),
         }
     }
 
@@ -236,6 +268,8 @@ impl TriggerSpec {
             TriggerSpec::Nats(_) => None,
             #[cfg(feature = "mqtt")]
             TriggerSpec::Mqtt(_) => None,
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(_) => None,
         }
     }
 }
@@ -243,8 +277,10 @@ impl TriggerSpec {
 /// The stop signal of a source actor's connection task. The task is never aborted: an abort
 /// inside `Intake::accept` could leave jobs on disk that the router never got (they would wait
 /// for the next process start). So the task only stops where it waits for its broker.
+#[cfg(any(feature = "nats", feature = "mqtt"))]
 pub(crate) struct StopSignal(pub(crate) tokio::sync::watch::Receiver<bool>);
 
+#[cfg(any(feature = "nats", feature = "mqtt"))]
 impl StopSignal {
     /// `f`'s output, or `None` when the actor stopped first.
     pub(crate) async fn or<F: std::future::Future>(&mut self, f: F) -> Option<F::Output> {
@@ -289,6 +325,12 @@ pub async fn spawn_source(
         #[cfg(feature = "mqtt")]
         TriggerSpec::Mqtt(_) => {
             ractor::Actor::spawn_linked(None, mqtt::MqttTrigger, args.clone(), supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }
+        #[cfg(feature = "kafka")]
+        TriggerSpec::Kafka(_) => {
+            ractor::Actor::spawn_linked(None, kafka::KafkaTrigger, args.clone(), supervisor)
                 .await
                 .map(|(actor, _)| actor.get_cell())
         }
@@ -463,8 +505,7 @@ impl TriggerRuntime {
             None => Preprocessor::Default,
         };
         let order_by = config
-            .common
-            .order_by
+            .order_by_expr()
             .as_deref()
             .map(JqFilter::compile)
             .transpose()
@@ -564,6 +605,20 @@ pub enum Accepted {
     Duplicate(Vec<JobId>),
 }
 
+/// One event part-way through the intake.
+enum Staged {
+    /// Nothing (more) to write: a duplicate or a filtered event.
+    Done(Accepted),
+    /// Its jobs are written, waiting for the flush.
+    Written(WrittenEvent),
+}
+
+struct WrittenEvent {
+    event_id: String,
+    records: Vec<JobRecord>,
+    parked: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("preprocessor failed: {0}")]
@@ -593,8 +648,96 @@ impl Intake {
         &self,
         rt: &TriggerRuntime,
         event: Event,
-        mut ack: impl FnMut(JobId) -> AckHandle,
+        ack: impl FnMut(JobId) -> AckHandle,
     ) -> Result<Accepted, IntakeError> {
+        let mut ack = ack;
+        let mut out = self.accept_batch(rt, vec![event], |_, id| ack(id)).await;
+        out.pop()
+            .unwrap_or(Err(IntakeError::Refused("empty batch".into())))
+    }
+
+    /// [`Intake::accept`] for several events of one source, in order: their jobs share one
+    /// flush to disk and reach the router in the events' order (which `order_by` relies on).
+    /// `ack(i, job)` builds the handle of a job of the `i`-th event. One result per event; a
+    /// failed flush fails every event that had jobs to write.
+    pub async fn accept_batch(
+        &self,
+        rt: &TriggerRuntime,
+        events: Vec<Event>,
+        mut ack: impl FnMut(usize, JobId) -> AckHandle,
+    ) -> Vec<Result<Accepted, IntakeError>> {
+        let mut results = Vec::with_capacity(events.len());
+        let mut staged = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            match self.stage(rt, event).await {
+                Ok(Staged::Done(a)) => results.push(Ok(a)),
+                Ok(Staged::Written(w)) => {
+                    results.push(Ok(Accepted::Filtered)); // replaced below
+                    staged.push((i, w));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if staged.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.commit().await {
+            for (i, _) in &staged {
+                results[*i] = Err(IntakeError::Store(e.clone()));
+            }
+            return results;
+        }
+        let name = rt.name();
+        let span = tracing::Span::current();
+        let mut jobs = Vec::new();
+        for (i, w) in staged {
+            rt.counters
+                .jobs_created
+                .fetch_add(w.records.len() as u64, Ordering::Relaxed);
+            let ids: Vec<JobId> = w.records.iter().map(|r| r.job_id).collect();
+            for r in &w.records {
+                self.bus.publish(if w.parked {
+                    SystemEvent::JobParked {
+                        trigger: name.into(),
+                        job_id: r.job_id,
+                    }
+                } else {
+                    SystemEvent::JobQueued {
+                        trigger: name.into(),
+                        job_id: r.job_id,
+                        event_id: w.event_id.clone(),
+                    }
+                });
+            }
+            if w.parked {
+                tracing::info!(jobs = ids.len(), "trigger suspended: jobs parked");
+                results[i] = Ok(Accepted::Parked(ids));
+                continue;
+            }
+            for record in w.records {
+                let handle = rt.ack_handle(ack(i, record.job_id));
+                let span = tracing::info_span!(parent: &span, "job", job_id = %record.job_id);
+                jobs.push(RoutedJob {
+                    record,
+                    retry: rt.retry.clone(),
+                    ack: handle,
+                    span,
+                });
+            }
+            results[i] = Ok(Accepted::Queued(ids));
+        }
+        if !jobs.is_empty() && self.router.cast(RouterMsg::Submit(jobs)).is_err() {
+            for r in results.iter_mut() {
+                if matches!(r, Ok(Accepted::Queued(_))) {
+                    *r = Err(IntakeError::RouterDown);
+                }
+            }
+        }
+        results
+    }
+
+    /// Dedup, preprocess and write one event's jobs (not yet flushed).
+    async fn stage(&self, rt: &TriggerRuntime, event: Event) -> Result<Staged, IntakeError> {
         let name = rt.name();
         rt.counters.events_received.fetch_add(1, Ordering::Relaxed);
         rt.rate.record();
@@ -613,7 +756,7 @@ impl Intake {
                     event_id: event.id.clone(),
                     job_ids: ids.clone(),
                 });
-                return Ok(Accepted::Duplicate(ids));
+                return Ok(Staged::Done(Accepted::Duplicate(ids)));
             }
         }
         let payload = Arc::new(event.payload);
@@ -629,7 +772,7 @@ impl Intake {
                 trigger: name.into(),
                 event_id: event.id.clone(),
             });
-            return Ok(Accepted::Filtered);
+            return Ok(Staged::Done(Accepted::Filtered));
         }
         let order_key = rt.order_by.as_ref().map(|f| order_key(f, &payload));
         let parked = rt.is_suspended();
@@ -652,52 +795,13 @@ impl Intake {
                 r
             })
             .collect();
-        let ids: Vec<JobId> = records.iter().map(|r| r.job_id).collect();
         let dedup_id = event.dedup.then_some(event.id.as_str());
-        if parked {
-            self.store.park(&records, dedup_id).await?;
-        } else {
-            self.store.enqueue(&records, dedup_id).await?;
-        }
-        rt.counters
-            .jobs_created
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        for r in &records {
-            self.bus.publish(if parked {
-                SystemEvent::JobParked {
-                    trigger: name.into(),
-                    job_id: r.job_id,
-                }
-            } else {
-                SystemEvent::JobQueued {
-                    trigger: name.into(),
-                    job_id: r.job_id,
-                    event_id: event.id.clone(),
-                }
-            });
-        }
-        if parked {
-            tracing::info!(jobs = ids.len(), "trigger suspended: jobs parked");
-            return Ok(Accepted::Parked(ids));
-        }
-        let span = tracing::Span::current();
-        let jobs = records
-            .into_iter()
-            .map(|record| {
-                let handle = rt.ack_handle(ack(record.job_id));
-                let span = tracing::info_span!(parent: &span, "job", job_id = %record.job_id);
-                RoutedJob {
-                    record,
-                    retry: rt.retry.clone(),
-                    ack: handle,
-                    span,
-                }
-            })
-            .collect();
-        self.router
-            .cast(RouterMsg::Submit(jobs))
-            .map_err(|_| IntakeError::RouterDown)?;
-        Ok(Accepted::Queued(ids))
+        self.store.write_jobs(&records, dedup_id, parked)?;
+        Ok(Staged::Written(WrittenEvent {
+            event_id: event.id,
+            records,
+            parked,
+        }))
     }
 
     /// Releases a trigger's parked jobs to run, in arrival order. Returns how many.
