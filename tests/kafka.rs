@@ -942,3 +942,98 @@ preprocessor = {{ jq = '{{n: .data.n}}' }}
     t.stop().await;
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_group_and_a_leaving_member_loses_nothing() {
+    let topic = unique("mg-group");
+    create_topic(KAFKA, &topic, 2).await;
+    let group = format!("{topic}-g");
+    let config = |name: &str| {
+        format!(
+            r#"
+[runnables.record]
+command = ["sh", "-c", 'sleep 0.05; cat >> {{DIR}}/{name}.log; echo >> {{DIR}}/{name}.log; echo "{{}}"']
+
+[[triggers]]
+name = "member"
+kind = "kafka"
+runnable = "record"
+brokers = ["{KAFKA}"]
+topics = ["{topic}"]
+group_id = "{group}"
+auto_offset_reset = "earliest"
+commit_interval = "100ms"
+session_timeout = "6s"
+preprocessor = {{ jq = '{{p: .partition, o: .offset}}' }}
+"#
+        )
+    };
+    let a = TestService::start(&config("a")).await;
+    let b = TestService::start(&config("b")).await;
+    // Both members hold one partition each once the group has settled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = |t: &TestService| {
+            let t = t.app.service.registry.get("member").expect("trigger");
+            let s = t
+                .runtime
+                .source_status
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            s["assigned"].as_array().map(|a| a.len()).unwrap_or(0)
+        };
+        if count(&a) == 1 && count(&b) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never split the partitions: a has {}, b has {}",
+            count(&a),
+            count(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = producer(KAFKA);
+    const N: i64 = 20;
+    for i in 0..N {
+        for partition in 0..2 {
+            produce(
+                &p,
+                &topic,
+                partition,
+                None,
+                json!({"i": i}).to_string().as_bytes(),
+                &[],
+            )
+            .await;
+        }
+    }
+    // b leaves mid-stream: a takes its partition over from b's last commit.
+    eventually(SECS_30, "b ran some jobs", || {
+        lines(&b.path("b.log")).len() >= 3
+    })
+    .await;
+    let b_dir = b.stop().await;
+    for partition in 0..2 {
+        wait_committed(KAFKA, &group, &topic, partition, N).await;
+    }
+    let mut ran: HashMap<(i64, i64), usize> = HashMap::new();
+    for line in lines(&a.path("a.log"))
+        .into_iter()
+        .chain(lines(&b_dir.path().join("b.log")))
+    {
+        let v: Value = serde_json::from_str(&line).expect("json line");
+        let key = (v["p"].as_i64().expect("p"), v["o"].as_i64().expect("o"));
+        *ran.entry(key).or_default() += 1;
+    }
+    for partition in 0..2 {
+        for offset in 0..N {
+            assert!(
+                ran.contains_key(&(partition, offset)),
+                "{partition}/{offset} never ran; ran: {ran:?}"
+            );
+        }
+    }
+    a.stop().await;
+}

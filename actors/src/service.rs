@@ -236,6 +236,9 @@ impl Service {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        // Sources first (a Kafka consumer commits what finished and leaves its group), then
+        // the router and the pools.
+        let _ = ractor::call_t!(self.triggers, SupervisorMsg::StopAll, 40_000);
         self.root
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;

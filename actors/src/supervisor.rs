@@ -46,6 +46,9 @@ pub enum SupervisorMsg {
     Restart(String),
     /// Fails a trigger's actor on purpose (supervision tests, chaos drills).
     InjectFault(String),
+    /// Service shutdown: stops every trigger actor (no restarts) and replies once they are
+    /// all gone, so sources commit and disconnect while the router can still settle jobs.
+    StopAll(RpcReplyPort<()>),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -193,6 +196,8 @@ pub struct TriggerSupervisorState {
     backoff: HashMap<String, Duration>,
     /// Actors being stopped on purpose: their termination is not a failure.
     stopping: HashSet<ActorId>,
+    /// Set by `StopAll`: backoff timers that fire afterwards start nothing.
+    shutting_down: bool,
 }
 
 impl Actor for TriggerSupervisor {
@@ -212,6 +217,7 @@ impl Actor for TriggerSupervisor {
             started_at: HashMap::new(),
             backoff: HashMap::new(),
             stopping: HashSet::new(),
+            shutting_down: false,
         })
     }
 
@@ -238,9 +244,30 @@ impl Actor for TriggerSupervisor {
                 let _ = reply.send(state.set_suspended(&name, suspended).await);
             }
             SupervisorMsg::Restart(name) => {
-                if state.args.registry.get(&name).is_some() && !state.actors.contains_key(&name) {
+                if !state.shutting_down
+                    && state.args.registry.get(&name).is_some()
+                    && !state.actors.contains_key(&name)
+                {
                     state.start(&myself, &name).await;
                 }
+            }
+            SupervisorMsg::StopAll(reply) => {
+                state.shutting_down = true;
+                let cells: Vec<ractor::ActorCell> =
+                    state.actors.drain().map(|(_, cell)| cell).collect();
+                for cell in &cells {
+                    state.stopping.insert(cell.get_id());
+                }
+                state.backoff.clear();
+                // Waiting here is fine: nothing else may start a trigger during shutdown.
+                futures::future::join_all(cells.iter().map(|c| {
+                    c.stop_and_wait(
+                        Some("millgate is stopping".into()),
+                        Some(std::time::Duration::from_secs(30)),
+                    )
+                }))
+                .await;
+                let _ = reply.send(());
             }
             SupervisorMsg::InjectFault(name) => {
                 if let Some(actor) = state.args.registry.get(&name).and_then(|e| e.push_actor()) {

@@ -374,7 +374,12 @@ impl KafkaConfig {
                 c.set(k, v);
             }
         }
-        c.set_log_level(RDKafkaLogLevel::Warning);
+        // librdkafka's `debug` contexts (`properties = { debug = "cgrp,fetch" }`) log at debug.
+        c.set_log_level(if self.properties.contains_key("debug") {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        });
         c
     }
 }
@@ -815,6 +820,7 @@ impl KafkaContext {
             .iter()
             .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
+        // Also on a graceful stop (the router still runs then): fewer messages read twice.
         let deadline = Instant::now() + self.drain_timeout;
         // Wait for the revoked partitions' jobs, within the drain timeout.
         loop {

@@ -621,14 +621,27 @@ struct WrittenEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
+    /// The preprocessor failed on this event: the event is at fault, not the service.
     #[error("preprocessor failed: {0}")]
-    Preprocess(#[from] PreprocessError),
+    Preprocess(PreprocessError),
+    /// The preprocessor pool is gone (the service is stopping): nothing may be acknowledged.
+    #[error("the preprocessor pool is not running")]
+    PreprocessorsDown,
     #[error("could not queue the job durably: {0}")]
     Store(#[from] StoreError),
     #[error("the job router is not running")]
     RouterDown,
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<PreprocessError> for IntakeError {
+    fn from(e: PreprocessError) -> Self {
+        match e {
+            PreprocessError::PoolDown => IntakeError::PreprocessorsDown,
+            other => IntakeError::Preprocess(other),
+        }
+    }
 }
 
 /// The shared path from event to durably queued jobs: dedup, preprocess, order key, persist,
