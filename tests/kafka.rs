@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, free_port, lines, start_millgate, TestService};
+use common::{
+    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, free_port, lines,
+    start_millgate, TestService,
+};
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::kafka::rdkafka;
 use millgate_actors::triggers::TriggerState;
@@ -795,42 +798,13 @@ max_in_flight = 10
     child.kill().expect("kill");
     child.wait().expect("wait");
 
-    // One job per message: messages read again after the restart were deduplicated by id.
-    let store = millgate_actors::store::Store::open(
-        &serde_json::from_value(json!({"path": dir.path().join("data")})).expect("store config"),
-    )
-    .expect("open store");
-    let jobs = store.jobs(Some("crashy"), usize::MAX).expect("jobs");
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for j in &jobs {
-        assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
-        *per_event.entry(j.event_id.clone()).or_default() += 1;
-    }
-    assert_eq!(per_event.len(), N);
-    let repeated: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "events with several jobs: {repeated:?}"
+    // One job per message: messages read again after the restart were deduplicated by id;
+    // only jobs running at the kill may have run twice.
+    assert_eq!(
+        assert_one_job_per_event(&dir.path().join("data"), "crashy"),
+        N
     );
-    // A job runs twice only when it was running at the kill: once per process.
-    let mut runs: HashMap<String, Vec<String>> = HashMap::new();
-    for line in lines(&done) {
-        let (id, pid) = line.split_once(' ').expect("`<event id> <pid>` line");
-        runs.entry(id.to_string())
-            .or_default()
-            .push(pid.to_string());
-    }
-    let mut twice = 0;
-    for (id, pids) in &runs {
-        if pids.len() > 1 {
-            twice += 1;
-            assert_eq!(pids.len(), 2, "{id} ran {} times", pids.len());
-            assert!(
-                pids.contains(&first_pid) && pids.iter().any(|p| *p != first_pid),
-                "{id} ran twice in one process: {pids:?}"
-            );
-        }
-    }
+    let twice = assert_repeats_only_across_the_kill(&done, &first_pid);
     eprintln!("ran before the kill: {before}/{N}; ran twice: {twice}");
 }
 

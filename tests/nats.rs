@@ -5,13 +5,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, free_port, lines, start_millgate, TestService};
+use common::{
+    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, free_port, lines,
+    start_millgate, TestService,
+};
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::nats::async_nats;
 use millgate_actors::triggers::TriggerState;
@@ -654,45 +657,13 @@ jetstream = {{ stream = "{stream}", consumer = "c", ack_wait = "2s", batch = 5 }
     child.wait().expect("wait");
 
     // One job per message: redeliveries of messages whose jobs were already queued were
-    // deduplicated by event id. Only jobs running at the kill may have run twice.
-    let store = millgate_actors::store::Store::open(
-        &serde_json::from_value(json!({"path": dir.path().join("data")})).expect("store config"),
-    )
-    .expect("open store");
-    let jobs = store.jobs(Some("crashy"), usize::MAX).expect("jobs");
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for j in &jobs {
-        assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
-        *per_event.entry(j.event_id.clone()).or_default() += 1;
-    }
-    assert_eq!(per_event.len(), N);
-    let repeated: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "events with several jobs: {repeated:?}"
+    // deduplicated by event id. Only jobs running at the kill may have run twice. (How many
+    // depends on the runners and the router's outcome flush, not on the NATS trigger.)
+    assert_eq!(
+        assert_one_job_per_event(&dir.path().join("data"), "crashy"),
+        N
     );
-    // At-least-once: a job runs again only when its outcome was not on disk at the kill, so
-    // every repeated run is one run by the first process and one by the second; none runs
-    // three times. (How many jobs that is depends on the runners and the router's outcome
-    // flush, not on the NATS trigger.)
-    let mut runs: HashMap<String, Vec<String>> = HashMap::new();
-    for line in lines(&done) {
-        let (id, pid) = line.split_once(' ').expect("`<event id> <pid>` line");
-        runs.entry(id.to_string())
-            .or_default()
-            .push(pid.to_string());
-    }
-    let mut twice = 0;
-    for (id, pids) in &runs {
-        if pids.len() > 1 {
-            twice += 1;
-            assert_eq!(pids.len(), 2, "{id} ran {} times", pids.len());
-            assert!(
-                pids.contains(&first_pid) && pids.iter().any(|p| *p != first_pid),
-                "{id} ran twice in one process: {pids:?}"
-            );
-        }
-    }
+    let twice = assert_repeats_only_across_the_kill(&done, &first_pid);
     eprintln!("ran before the kill: {before}/{N}; ran twice: {twice}");
     cleanup(&js, &stream).await;
 }

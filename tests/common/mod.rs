@@ -218,3 +218,52 @@ pub async fn wait_schedule_counter(t: &TestService, name: &str, counter: &str, n
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// After a `kill -9` test: every job of `trigger` in the stopped instance's store (`data_dir`)
+/// succeeded, and each event made exactly one job (a message read again after the restart
+/// was deduplicated by its event id). Returns how many events there were.
+pub fn assert_one_job_per_event(data_dir: &Path, trigger: &str) -> usize {
+    let store = millgate_actors::store::Store::open(&millgate_actors::config::StoreConfig {
+        path: data_dir.to_path_buf(),
+        ..Default::default()
+    })
+    .expect("open store");
+    let jobs = store.jobs(Some(trigger), usize::MAX).expect("jobs");
+    let mut per_event: std::collections::HashMap<String, usize> = Default::default();
+    for j in &jobs {
+        assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+        *per_event.entry(j.event_id.clone()).or_default() += 1;
+    }
+    let repeated: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "events with several jobs: {repeated:?}"
+    );
+    per_event.len()
+}
+
+/// After a `kill -9` test whose runnable logs `<event id> <pid of its millgate>` per run:
+/// at-least-once means a job runs again only when its outcome was not on disk at the kill,
+/// so a repeated run is one run by the killed process and one by its successor, never two in
+/// one process nor three. Returns how many ran twice.
+pub fn assert_repeats_only_across_the_kill(done_log: &Path, first_pid: &str) -> usize {
+    let mut runs: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for line in lines(done_log) {
+        let (id, pid) = line.split_once(' ').expect("`<event id> <pid>` line");
+        runs.entry(id.to_string())
+            .or_default()
+            .push(pid.to_string());
+    }
+    let mut twice = 0;
+    for (id, pids) in &runs {
+        if pids.len() > 1 {
+            twice += 1;
+            assert_eq!(pids.len(), 2, "{id} ran {} times", pids.len());
+            assert!(
+                pids.iter().any(|p| p == first_pid) && pids.iter().any(|p| p != first_pid),
+                "{id} ran twice in one process: {pids:?}"
+            );
+        }
+    }
+    twice
+}
