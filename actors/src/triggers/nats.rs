@@ -582,11 +582,28 @@ async fn run_jetstream(
         let Some(messages) = stop.or(fetch).await else {
             return Ok(());
         };
-        let mut messages = messages.map_err(|e| format!("fetch from consumer `{name}`: {e}"))?;
+        // The messages that have arrived are taken together, in order: their jobs share one
+        // flush to disk instead of one flush per message.
+        let mut chunks = messages
+            .map_err(|e| format!("fetch from consumer `{name}`: {e}"))?
+            .ready_chunks(batch);
         // Messages fetched but not taken when the actor stops are redelivered after ack_wait.
-        while let Some(Some(msg)) = stop.or(messages.next()).await {
-            let msg = msg.map_err(|e| format!("fetch from consumer `{name}`: {e}"))?;
-            take_jetstream(args, stream_created, msg, progress_every).await?;
+        while let Some(Some(chunk)) = stop.or(chunks.next()).await {
+            let mut msgs = Vec::with_capacity(chunk.len());
+            let mut failed = None;
+            for msg in chunk {
+                match msg {
+                    Ok(m) if failed.is_none() => msgs.push(m),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.get_or_insert(format!("fetch from consumer `{name}`: {e}"));
+                    }
+                }
+            }
+            take_jetstream(args, stream_created, msgs, progress_every).await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         if *stop.0.borrow() {
             return Ok(());
@@ -594,57 +611,88 @@ async fn run_jetstream(
     }
 }
 
-/// Turns one JetStream message into jobs and arranges its ack. Errors that mean the trigger
-/// cannot go on (store or router down) fail the actor; the message is then redelivered.
+/// One fetched message on its way through the intake.
+struct Taken {
+    event_id: String,
+    subject: String,
+    acker: Arc<jetstream::message::Acker>,
+    outcomes: mpsc::UnboundedReceiver<bool>,
+}
+
+/// Turns JetStream messages into jobs (one flush for all of them, in their order) and arranges
+/// each one's ack. Errors that mean the trigger cannot go on (store or router down) fail the
+/// actor; the messages are then redelivered.
 async fn take_jetstream(
     args: &SourceArgs,
     stream_created: i64,
-    msg: jetstream::Message,
+    msgs: Vec<jetstream::Message>,
     progress_every: Duration,
 ) -> Result<(), String> {
     let rt = &args.runtime;
-    let event = match jetstream_event(rt.name(), stream_created, &msg) {
-        Ok(e) => e,
-        Err(e) => {
-            // Not a consumer delivery at all; nothing to acknowledge or run.
-            tracing::warn!(trigger = rt.name(), error = %e, "skipping a message");
-            return Ok(());
-        }
-    };
-    let event_id = event.id.clone();
-    let (message, acker) = msg.split();
-    let (tx, outcomes) = mpsc::unbounded_channel::<bool>();
-    let accepted = args
+    let mut events = Vec::with_capacity(msgs.len());
+    let mut taken = Vec::with_capacity(msgs.len());
+    let mut senders = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let event = match jetstream_event(rt.name(), stream_created, &msg) {
+            Ok(e) => e,
+            Err(e) => {
+                // Not a consumer delivery at all; nothing to acknowledge or run.
+                tracing::warn!(trigger = rt.name(), error = %e, "skipping a message");
+                continue;
+            }
+        };
+        let (message, acker) = msg.split();
+        let (tx, outcomes) = mpsc::unbounded_channel::<bool>();
+        taken.push(Taken {
+            event_id: event.id.clone(),
+            subject: message.subject.to_string(),
+            acker: Arc::new(acker),
+            outcomes,
+        });
+        senders.push(tx);
+        events.push(event);
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let results = args
         .intake
-        .accept(rt, event, |_| {
-            let tx = tx.clone();
+        .accept_batch(rt, events, |i, _| {
+            let tx = senders.get(i).cloned();
             AckHandle::on_settle(move |outcome| {
-                let _ = tx.send(matches!(outcome, JobOutcome::Succeeded(_)));
+                if let Some(tx) = tx {
+                    let _ = tx.send(matches!(outcome, JobOutcome::Succeeded(_)));
+                }
             })
         })
         .await;
-    drop(tx);
-    let acker = Arc::new(acker);
-    match accepted {
-        Ok(Accepted::Queued(ids)) => {
-            tokio::spawn(settle_later(acker, ids.len(), outcomes, progress_every));
-        }
-        // Already durable (parked or an earlier delivery's jobs) or nothing to run: the
-        // message is done as far as the server is concerned.
-        Ok(Accepted::Parked(_) | Accepted::Duplicate(_) | Accepted::Filtered) => {
-            send_ack(&acker, AckKind::Ack, &event_id).await;
-        }
-        Err(IntakeError::Preprocess(e)) => {
-            // Redelivering would fail the same way forever: terminate, counted in the log.
-            tracing::warn!(trigger = rt.name(), event_id = %event_id, subject = %message.subject, error = %e, "preprocessor failed; message terminated");
-            send_ack(&acker, AckKind::Term, &event_id).await;
-        }
-        Err(e) => {
-            send_ack(&acker, AckKind::Nak(None), &event_id).await;
-            return Err(format!("could not accept a message: {e}"));
+    drop(senders);
+    let mut failure = None;
+    for (t, accepted) in taken.into_iter().zip(results) {
+        match accepted {
+            Ok(Accepted::Queued(ids)) => {
+                tokio::spawn(settle_later(t.acker, ids.len(), t.outcomes, progress_every));
+            }
+            // Already durable (parked or an earlier delivery's jobs) or nothing to run: the
+            // message is done as far as the server is concerned.
+            Ok(Accepted::Parked(_) | Accepted::Duplicate(_) | Accepted::Filtered) => {
+                send_ack(&t.acker, AckKind::Ack, &t.event_id).await;
+            }
+            Err(IntakeError::Preprocess(e)) => {
+                // Redelivering would fail the same way forever: terminate, counted in the log.
+                tracing::warn!(trigger = rt.name(), event_id = %t.event_id, subject = %t.subject, error = %e, "preprocessor failed; message terminated");
+                send_ack(&t.acker, AckKind::Term, &t.event_id).await;
+            }
+            Err(e) => {
+                send_ack(&t.acker, AckKind::Nak(None), &t.event_id).await;
+                failure.get_or_insert(format!("could not accept a message: {e}"));
+            }
         }
     }
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Waits for every job of one message: `ack` when all succeeded, `term` when one was
