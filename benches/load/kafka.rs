@@ -73,11 +73,6 @@ async fn preload(topic: &str, n: u64) -> BenchResult<(f64, Vec<i64>)> {
     let pad = "x".repeat(PAYLOAD_BYTES - 27);
     let mut pending = Vec::with_capacity(10_000);
     let mut ends = vec![0i64; PARTITIONS as usize];
-    let mut note = |(partition, offset): (i32, i64)| {
-        if let Some(e) = ends.get_mut(partition as usize) {
-            *e = (*e).max(offset + 1);
-        }
-    };
     for i in 0..n {
         let payload = format!(r#"{{"i":{i:>12},"pad":"{pad}"}}"#);
         let key = format!("k{}", i % 1024);
@@ -85,22 +80,18 @@ async fn preload(topic: &str, n: u64) -> BenchResult<(f64, Vec<i64>)> {
             Ok(f) => pending.push(f),
             Err((e, _)) => return Err(format!("produce: {e}")),
         }
-        if pending.len() == 10_000 {
+        if pending.len() == 10_000 || i + 1 == n {
+            // Wait for the deliveries; note each partition's end.
             for f in pending.drain(..) {
                 let d = f
                     .await
                     .ctx("delivery")?
                     .map_err(|(e, _)| format!("delivery: {e}"))?;
-                note((d.partition, d.offset));
+                if let Some(e) = ends.get_mut(d.partition as usize) {
+                    *e = (*e).max(d.offset + 1);
+                }
             }
         }
-    }
-    for f in pending.drain(..) {
-        let d = f
-            .await
-            .ctx("delivery")?
-            .map_err(|(e, _)| format!("delivery: {e}"))?;
-        note((d.partition, d.offset));
     }
     producer
         .flush(Duration::from_secs(30))
