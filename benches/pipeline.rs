@@ -64,7 +64,6 @@ fn record(i: usize) -> JobRecord {
         "echo",
         &format!("e{i}"),
         json!({"i": i, "pad": "x".repeat(200)}),
-        json!({"kind": "webhook"}),
         None,
     )
 }

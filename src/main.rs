@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use millgate::app::App;
 use millgate::{load_file, load_str, warnings, LogFormat, DEFAULT_CONFIG};
+use millgate_actors::preprocess::jq_worker;
 use millgate_actors::Config;
 
 #[derive(Parser)]
@@ -57,6 +58,12 @@ fn load(path: &Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // millgate starts copies of itself to run jq filters in (never a user's command).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(jq_worker::WORKER_ARG) {
+        let code = jq_worker::main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Triggers(args) => cli::triggers(args),

@@ -604,6 +604,8 @@ async fn openapi_document_matches_the_routes() {
         ("DELETE", "/api/dead-letters/{id}"),
         ("GET", "/api/status"),
         ("GET", "/api/events"),
+        ("GET", "/api/quarantine"),
+        ("DELETE", "/api/quarantine/{id}"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

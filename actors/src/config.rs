@@ -25,6 +25,8 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub preprocess: PreprocessConfig,
     /// The admin API and dashboard; not served without this table.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -47,11 +49,15 @@ pub struct ServerConfig {
     /// How long a `mode = "sync"` request waits for its job before answering 504.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// How deeply JSON may nest in anything millgate parses from outside (bodies, messages,
+    /// poll results, preprocessor outputs, run results); deeper is refused.
+    pub max_json_depth: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            max_json_depth: crate::json::DEFAULT_MAX_DEPTH,
             listen: "127.0.0.1:8080".into(),
             body_limit: 10 * 1024 * 1024,
             sync_timeout: Duration::from_secs(30),
@@ -150,6 +156,25 @@ impl Default for RouterConfig {
             runners: 8,
             max_in_flight: 1000,
             retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// `[preprocess]`: the processes jq preprocessors (and jq `order_by` keys) run in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    /// jq worker processes: filters running at once.
+    pub jq_workers: usize,
+    /// Memory each jq worker may use, in MiB; a filter past it fails its event.
+    pub jq_memory_mib: u64,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            jq_workers: 2,
+            jq_memory_mib: 1024,
         }
     }
 }
@@ -345,6 +370,31 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=64).contains(&self.preprocess.jq_workers) {
+            issues.push(top(
+                "preprocess.jq_workers",
+                format!("{} is out of range: 1 to 64", self.preprocess.jq_workers),
+            ));
+        }
+        if !(64..=65536).contains(&self.preprocess.jq_memory_mib) {
+            issues.push(top(
+                "preprocess.jq_memory_mib",
+                format!(
+                    "{} is out of range: 64 to 65536 (MiB)",
+                    self.preprocess.jq_memory_mib
+                ),
+            ));
+        }
+        let depth = self.server.max_json_depth;
+        if !(1..=crate::json::MAX_CONFIGURABLE_DEPTH).contains(&depth) {
+            issues.push(top(
+                "server.max_json_depth",
+                format!(
+                    "{depth} is out of range: 1 to {} (stored records nest a payload a few levels deeper)",
+                    crate::json::MAX_CONFIGURABLE_DEPTH
+                ),
+            ));
+        }
         if let Some(admin) = &self.admin {
             if admin.listen.parse::<std::net::SocketAddr>().is_err() {
                 issues.push(top(
@@ -485,10 +535,8 @@ impl Config {
                 issues.push((format!("preprocessor.{key}"), m));
             }
         }
-        if let Some(order_by) = trigger.order_by_expr() {
-            if let Err(m) = crate::preprocess::JqFilter::compile(&order_by) {
-                issues.push(("order_by".into(), m));
-            }
+        if let Some(Err(m)) = trigger.order_by_key() {
+            issues.push(("order_by".into(), m));
         }
         if let Some(retry) = &c.retry {
             if let Err(m) = validate_retry(retry) {
@@ -497,6 +545,12 @@ impl Config {
         }
         if c.max_in_flight == Some(0) {
             issues.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        if c.max_fan_out == Some(0) {
+            issues.push((
+                "max_fan_out".into(),
+                "must be at least 1 (a preprocessor that wants no job outputs nothing)".into(),
+            ));
         }
         issues.extend(trigger.spec.validate(&c.name, routes));
         issues

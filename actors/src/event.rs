@@ -12,6 +12,9 @@ pub struct Event {
     pub payload: Value,
     /// Whether `id` is deterministic, i.e. worth remembering in the dedup tree.
     pub dedup: bool,
+    /// Why this event cannot become jobs, found while it was built (a payload nested past
+    /// `[server] max_json_depth`): the intake refuses it or dead-letters it with this reason.
+    pub defect: Option<String>,
 }
 
 impl Event {
@@ -21,6 +24,7 @@ impl Event {
             id,
             payload,
             dedup: true,
+            defect: None,
         }
     }
 
@@ -30,6 +34,13 @@ impl Event {
             id: format!("{prefix}:{}", uuid::Uuid::now_v7()),
             payload,
             dedup: false,
+            defect: None,
         }
+    }
+
+    /// Marks the event as one that cannot become jobs, with the reason.
+    pub fn with_defect(mut self, defect: Option<String>) -> Self {
+        self.defect = defect;
+        self
     }
 }

@@ -114,6 +114,10 @@ pub struct JobRecord {
     pub event_id: String,
     pub status: JobStatus,
     pub args: Value,
+    /// The event the job came from. Stored once per event in the store's `events` tree, not in
+    /// the record (a fan-out of many jobs shares it); filled in by `Store::get_job`. Records of
+    /// earlier versions carry it inline, which still reads.
+    #[serde(default, skip_serializing)]
     pub event: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_key: Option<String>,
@@ -141,7 +145,6 @@ impl JobRecord {
         runnable: &str,
         event_id: &str,
         args: Value,
-        event: Value,
         order_key: Option<String>,
     ) -> Self {
         Self {
@@ -152,7 +155,7 @@ impl JobRecord {
             event_id: event_id.into(),
             status: JobStatus::Queued,
             args,
-            event,
+            event: Value::Null,
             order_key,
             attempts: 0,
             result: None,

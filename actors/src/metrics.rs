@@ -34,3 +34,8 @@ pub fn job_duration(trigger: &str, runnable: &str, d: Duration) {
 pub fn trigger_restarted(trigger: &str) {
     counter!("millgate_trigger_restarts_total", "trigger" => trigger.to_owned()).increment(1);
 }
+
+/// A record the store could not decode was moved to the quarantine.
+pub fn record_quarantined(tree: &'static str) {
+    counter!("millgate_store_quarantined_total", "tree" => tree).increment(1);
+}

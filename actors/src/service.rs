@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::ingress::http::{app, IngressState};
-use crate::preprocess::PreprocessorPool;
+use crate::preprocess::{JqSettings, PreprocessorPool};
 use crate::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
 use crate::runners::{self, Runnable};
 use crate::store::{Store, StoreError};
@@ -60,6 +60,7 @@ impl Service {
             return Err(ServiceError::Config(text.join("\n")));
         }
         let config = Arc::new(config);
+        crate::json::set_max_depth(config.server.max_json_depth);
         let store = Store::open(&config.store)?;
         let spawn_err = |e: ractor::SpawnErr| ServiceError::Spawn(e.to_string());
 
@@ -104,6 +105,10 @@ impl Service {
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
         let preprocessors = PreprocessorPool::spawn(
             config.router.runners.clamp(2, 16),
+            JqSettings {
+                workers: config.preprocess.jq_workers,
+                memory_limit: config.preprocess.jq_memory_mib.saturating_mul(1024 * 1024),
+            },
             root.get_cell(),
             named("preprocessor-pool"),
         )

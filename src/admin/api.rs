@@ -54,6 +54,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(delete_dead_letter))
         .routes(routes!(status))
         .routes(routes!(events))
+        .merge(super::quarantine::routes())
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -585,7 +586,7 @@ async fn replay_job(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     let trigger = s.registry.get(&old.trigger);
-    let new_id = s
+    let new_ids = s
         .intake
         .replay(
             &old,
@@ -595,11 +596,15 @@ async fn replay_job(
         .await
         .map_err(|e| match e {
             millgate_actors::triggers::IntakeError::Refused(m) => ApiError::conflict(m),
+            e @ (millgate_actors::triggers::IntakeError::BadEvent(_)
+            | millgate_actors::triggers::IntakeError::Busy { .. }) => {
+                ApiError::conflict(e.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "job_id": new_id, "replay_of": job_id })),
+        Json(json!({ "job_id": new_ids.first(), "job_ids": new_ids, "replay_of": job_id })),
     ))
 }
 

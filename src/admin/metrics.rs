@@ -47,6 +47,7 @@ pub async fn render(State(state): State<AdminState>) -> impl IntoResponse {
     let s = &state.service;
     metrics::gauge!("millgate_queue_depth").set(s.store.queue_depth() as f64);
     metrics::gauge!("millgate_store_size_bytes").set(s.store.size_on_disk() as f64);
+    metrics::gauge!("millgate_store_quarantined_records").set(s.store.quarantine_len() as f64);
     for entry in s.registry.all() {
         let rt = &entry.runtime;
         let name = rt.name().to_string();

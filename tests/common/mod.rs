@@ -51,6 +51,8 @@ impl TestService {
 
     /// Starts a service on a complete configuration text (`{DIR}` replaced).
     pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Self {
+        // jq filters run in worker processes of the millgate binary, not of this test program.
+        millgate_actors::preprocess::set_worker_exe(env!("CARGO_BIN_EXE_millgate").into());
         let text = text.replace("{DIR}", &dir.path().display().to_string());
         let config = millgate::load_str(&text, "test.toml", |k| std::env::var(k).ok())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));

@@ -16,6 +16,9 @@ use super::{RunContext, RunError};
 const MAX_STDOUT: usize = 16 * 1024 * 1024;
 /// How much of stderr is kept in a failure message.
 const STDERR_TAIL: usize = 2048;
+/// How much of stderr is held in memory at most (its end; the rest is read and dropped), so a
+/// chatty program cannot fill the service's memory.
+const STDERR_KEEP: usize = 64 * 1024;
 
 /// A program to run: used by command runnables and command preprocessors.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,14 +94,17 @@ pub async fn run_process(
             if let Some(s) = stdout.as_mut() {
                 s.take(MAX_STDOUT as u64 + 1).read_to_end(&mut buf).await?;
             }
+            // Past the limit the pipe is closed: a program still writing gets EPIPE and ends,
+            // instead of blocking until its timeout.
+            drop(stdout.take());
             Ok::<_, std::io::Error>(buf)
         };
         let read_err = async {
-            let mut buf = Vec::new();
+            let mut kept = Vec::new();
             if let Some(s) = stderr.as_mut() {
-                s.read_to_end(&mut buf).await?;
+                read_tail(s, &mut kept, STDERR_KEEP).await?;
             }
-            Ok::<_, std::io::Error>(buf)
+            Ok::<_, std::io::Error>(kept)
         };
         let ((), out, err) = tokio::join!(write, read_out, read_err);
         let status = child.wait().await;
@@ -136,6 +142,25 @@ pub async fn run_process(
     Ok(ProcessOutput { stdout, stderr })
 }
 
+/// Reads `r` to its end, keeping only its last `keep` bytes in `kept`.
+async fn read_tail(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    kept: &mut Vec<u8>,
+    keep: usize,
+) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        kept.extend_from_slice(&chunk[..n]);
+        if kept.len() > keep * 2 {
+            kept.drain(..kept.len() - keep);
+        }
+    }
+}
+
 fn tail(bytes: &[u8], n: usize) -> String {
     let s = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(n)..]);
     s.trim().to_string()
@@ -153,18 +178,25 @@ impl CommandRunnable {
         let out = run_process(&self.spec, &stdin, &ctx.env())
             .await
             .map_err(|e| RunError(e.to_string()))?;
-        Ok(parse_output(&out.stdout))
+        parse_output(&out.stdout)
     }
 }
 
-/// Stdout as JSON when it is JSON, else as a string (trailing newline dropped).
-pub fn parse_output(stdout: &[u8]) -> Value {
+/// Stdout as JSON when it is JSON, else as a string (trailing newline dropped). JSON nested
+/// past `[server] max_json_depth` is an error: the result could not be stored.
+pub fn parse_output(stdout: &[u8]) -> Result<Value, RunError> {
     let text = String::from_utf8_lossy(stdout);
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Value::Null;
+        return Ok(Value::Null);
     }
-    serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(text.trim_end().to_string()))
+    match crate::json::parse(trimmed.as_bytes()) {
+        Ok(v) => Ok(v),
+        Err(e @ crate::json::JsonError::TooDeep { .. }) => {
+            Err(RunError(format!("result refused: {e}")))
+        }
+        Err(crate::json::JsonError::Invalid(_)) => Ok(Value::String(text.trim_end().to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -185,11 +217,17 @@ mod tests {
         let out = run_process(&spec("cat", 5000), b"{\"a\":1}", &[])
             .await
             .unwrap();
-        assert_eq!(parse_output(&out.stdout), serde_json::json!({"a": 1}));
+        assert_eq!(
+            parse_output(&out.stdout).unwrap(),
+            serde_json::json!({"a": 1})
+        );
         let out = run_process(&spec("echo hello", 5000), b"", &[])
             .await
             .unwrap();
-        assert_eq!(parse_output(&out.stdout), Value::String("hello".into()));
+        assert_eq!(
+            parse_output(&out.stdout).unwrap(),
+            Value::String("hello".into())
+        );
     }
 
     #[tokio::test]
@@ -199,6 +237,39 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("oops") && msg.contains('3'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn endless_output_is_bounded() {
+        // 200 MB of stderr: only its end is kept, and the run still ends on its own.
+        let err = run_process(
+            &spec(
+                "head -c 200000000 /dev/zero | tr '\\0' x >&2; echo END >&2; exit 1",
+                20_000,
+            ),
+            b"",
+            &[],
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.ends_with("END"),
+            "{}",
+            &msg[msg.len().saturating_sub(50)..]
+        );
+        assert!(msg.len() < 4 * STDERR_TAIL, "{}", msg.len());
+        // Endless stdout: refused once past the limit, without waiting for the timeout.
+        let err = run_process(&spec("yes", 20_000), b"", &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::TooMuchOutput), "{err}");
+        assert!(
+            parse_output(format!("{}1{}", "[".repeat(90), "]".repeat(90)).as_bytes())
+                .unwrap_err()
+                .0
+                .contains("max_json_depth")
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use super::{RunContext, RunError};
 
+/// Largest response kept as a result (the same bound as a command's stdout).
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct HttpRunnable {
     pub url: String,
@@ -46,12 +49,27 @@ impl HttpRunnable {
             }
         })?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| RunError(format!("reading the response failed: {e}")))?;
-        let value = serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+            .map_err(|e| RunError(format!("reading the response failed: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE {
+                return Err(RunError(format!(
+                    "HTTP {status}: the response is larger than {MAX_RESPONSE} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let value = match crate::json::parse(&body) {
+            Ok(v) => v,
+            Err(e @ crate::json::JsonError::TooDeep { .. }) if status.is_success() => {
+                return Err(RunError(format!("result refused: {e}")))
+            }
+            Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
+        };
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
             let cut: String = text.chars().take(2048).collect();

@@ -47,8 +47,9 @@ use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{Accepted, IntakeError, SourceArgs, TriggerRuntime};
+use super::{Accepted, SourceArgs, TriggerRuntime};
 use crate::event::Event;
+use crate::preprocess::KeyExpr;
 use crate::router::AckHandle;
 use crate::store::Store;
 
@@ -414,6 +415,20 @@ pub fn order_by_expr(configured: Option<&str>) -> Option<String> {
     }
 }
 
+/// `order_by` as a key computed natively for the shorthands (per partition, per key).
+pub fn order_by_key(configured: Option<&str>) -> Option<Result<KeyExpr, String>> {
+    let by_partition = || KeyExpr::compile(r#""\(.topic)/\(.partition)""#);
+    match configured {
+        None | Some("partition") => Some(by_partition()),
+        Some("key") => Some((|| {
+            let by_key = KeyExpr::compile(r#""\(.topic)/key/\(.key)""#)?;
+            Ok(KeyExpr::FirstOf(vec![by_key, by_partition()?]))
+        })()),
+        Some("none") => None,
+        Some(other) => Some(KeyExpr::compile(other)),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Saved state (sled `source_state`) and resets
 
@@ -527,7 +542,8 @@ fn kafka_event(trigger: &str, group: &str, epoch: u64, m: &BorrowedMessage<'_>) 
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(payload)),
     );
-    if let Ok(data) = serde_json::from_slice::<Value>(payload) {
+    let (data, defect) = crate::json::message_data(payload);
+    if let Some(data) = data {
         event.insert("data".into(), data);
     }
     match m.key() {
@@ -574,7 +590,7 @@ fn kafka_event(trigger: &str, group: &str, epoch: u64, m: &BorrowedMessage<'_>) 
         m.offset(),
         m.timestamp().to_millis().unwrap_or(-1)
     );
-    Event::deterministic(id, Value::Object(event))
+    Event::deterministic(id, Value::Object(event)).with_defect(defect)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1281,12 +1297,15 @@ impl ConsumerLoop<'_> {
                         }
                     }
                 }
-                // Durable already (parked, or an earlier read's jobs) or nothing to run.
-                Ok(Accepted::Parked(_) | Accepted::Duplicate(_) | Accepted::Filtered) => {}
-                Err(IntakeError::Preprocess(e)) => {
-                    // Reading it again would fail the same way: the offset moves past it.
-                    tracing::warn!(trigger = rt.name(), topic = %key.0, partition = key.1, offset, error = %e, "preprocessor failed; message skipped");
-                }
+                // Durable already (parked, an earlier read's jobs, or a dead letter recording why
+                // it cannot run: reading it again would fail the same way) or nothing to run:
+                // the offset moves past it.
+                Ok(
+                    Accepted::Parked(_)
+                    | Accepted::Duplicate(_)
+                    | Accepted::Filtered
+                    | Accepted::DeadLettered(_),
+                ) => {}
                 Err(e) => {
                     // Not durable: leave this and every later offset of its partition
                     // uncommitted (the consumer restarts from the committed position).

@@ -26,14 +26,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::intake::{Accepted, Intake, IntakeError};
+
 use crate::config::{PreprocessorConfig, RetryPolicy};
-use crate::event::Event;
-use crate::events::{EventBus, SystemEvent};
-use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
-use crate::metrics;
-use crate::preprocess::{JqFilter, PreprocessError, Preprocessor, PreprocessorPool};
-use crate::router::{AckHandle, RoutedJob, RouterMsg};
-use crate::store::{Store, StoreError};
+use crate::intake::admission::{InFlight, Reservation};
+use crate::preprocess::{KeyExpr, Preprocessor};
+use crate::router::AckHandle;
 
 /// Keys every trigger has, whatever its kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +48,9 @@ pub struct TriggerCommon {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// Most jobs one event may fan out into (default 100); an event with more is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fan_out: Option<usize>,
     /// A jq expression over the event; jobs whose expression yields the same value run one at
     /// a time, in the order their events arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,8 +69,12 @@ const COMMON_KEYS: &[&str] = &[
     "preprocessor",
     "retry",
     "max_in_flight",
+    "max_fan_out",
     "order_by",
 ];
+
+/// `max_fan_out` when a trigger sets none.
+pub const DEFAULT_MAX_FAN_OUT: usize = 100;
 
 /// The kind-specific half of a trigger.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +220,16 @@ impl TriggerConfig {
             #[cfg(feature = "kafka")]
             (TriggerSpec::Kafka(_), c) => kafka::order_by_expr(c),
             (_, c) => c.map(str::to_string),
+        }
+    }
+
+    /// `order_by` compiled: native paths and templates where it can be (the kinds' shorthands
+    /// always), a jq filter otherwise.
+    pub fn order_by_key(&self) -> Option<Result<KeyExpr, String>> {
+        match &self.spec {
+            #[cfg(feature = "kafka")]
+            TriggerSpec::Kafka(_) => kafka::order_by_key(self.common.order_by.as_deref()),
+            _ => self.order_by_expr().map(|e| KeyExpr::compile(&e)),
         }
     }
 
@@ -476,10 +491,13 @@ pub struct TriggerRuntime {
     pub config: TriggerConfig,
     pub source: Source,
     pub preprocessor: Preprocessor,
-    pub order_by: Option<JqFilter>,
+    pub order_by: Option<KeyExpr>,
     pub retry: RetryPolicy,
     pub max_in_flight: usize,
+    /// Jobs fanned out of one event at most (`max_fan_out`).
+    pub max_fan_out: usize,
     pub in_flight: Arc<AtomicUsize>,
+    slots: InFlight,
     /// Events are accepted and acknowledged, their jobs parked instead of run.
     pub suspended: AtomicBool,
     pub state: Mutex<TriggerState>,
@@ -505,9 +523,7 @@ impl TriggerRuntime {
             None => Preprocessor::Default,
         };
         let order_by = config
-            .order_by_expr()
-            .as_deref()
-            .map(JqFilter::compile)
+            .order_by_key()
             .transpose()
             .map_err(|m| format!("order_by: {m}"))?;
         let state = if config.common.enabled {
@@ -515,14 +531,18 @@ impl TriggerRuntime {
         } else {
             TriggerState::Disabled
         };
+        let max_in_flight = config.common.max_in_flight.unwrap_or(default_max_in_flight);
+        let slots = InFlight::new(max_in_flight);
         Ok(Self {
-            max_in_flight: config.common.max_in_flight.unwrap_or(default_max_in_flight),
+            max_in_flight,
+            max_fan_out: config.common.max_fan_out.unwrap_or(DEFAULT_MAX_FAN_OUT),
+            in_flight: slots.counter(),
+            slots,
             config,
             source,
             preprocessor,
             order_by,
             retry,
-            in_flight: Arc::new(AtomicUsize::new(0)),
             suspended: AtomicBool::new(false),
             state: Mutex::new(state),
             restarts: AtomicU64::new(0),
@@ -569,9 +589,9 @@ impl TriggerRuntime {
         }
     }
 
-    /// True when the trigger may take another event; the caller then counts it in flight.
+    /// True when the trigger may take another event.
     pub fn has_capacity(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) < self.max_in_flight
+        self.slots.has_room()
     }
 
     /// Returns once the trigger may take another event. Polling: in-flight slots are released
@@ -583,342 +603,26 @@ impl TriggerRuntime {
         }
     }
 
-    /// An acknowledgement handle counting the job in flight and in this trigger's outcomes.
-    pub fn ack_handle(&self, mut handle: AckHandle) -> AckHandle {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        handle.add_in_flight(self.in_flight.clone());
+    /// The `max_in_flight` counter, for reservations.
+    pub fn slots(&self) -> &InFlight {
+        &self.slots
+    }
+
+    /// An acknowledgement handle counting the job in flight (one more slot, whether or not it
+    /// fits: the job exists already) and in this trigger's outcomes.
+    pub fn ack_handle(&self, handle: AckHandle) -> AckHandle {
+        let mut reservation = self.slots.reserve(1);
+        self.ack_handle_reserved(&mut reservation, handle)
+    }
+
+    /// [`TriggerRuntime::ack_handle`] for a job whose slot was reserved at admission.
+    pub fn ack_handle_reserved(
+        &self,
+        reservation: &mut Reservation,
+        mut handle: AckHandle,
+    ) -> AckHandle {
+        handle.add_in_flight(reservation.take_one());
         handle.count_outcome(self.counters.clone());
         handle
-    }
-}
-
-/// What became of one event handed to the [`Intake`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Accepted {
-    /// Durably queued as these jobs.
-    Queued(Vec<JobId>),
-    /// Durably stored as these jobs, parked because the trigger is suspended.
-    Parked(Vec<JobId>),
-    /// The preprocessor produced no job; the event is acknowledged.
-    Filtered,
-    /// The event id was seen within the dedup window; these are the jobs it created then.
-    Duplicate(Vec<JobId>),
-}
-
-/// One event part-way through the intake.
-enum Staged {
-    /// Nothing (more) to write: a duplicate or a filtered event.
-    Done(Accepted),
-    /// Its jobs are written, waiting for the flush.
-    Written(WrittenEvent),
-}
-
-struct WrittenEvent {
-    event_id: String,
-    records: Vec<JobRecord>,
-    parked: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
-    /// The preprocessor failed on this event: the event is at fault, not the service.
-    #[error("preprocessor failed: {0}")]
-    Preprocess(PreprocessError),
-    /// The preprocessor pool is gone (the service is stopping): nothing may be acknowledged.
-    #[error("the preprocessor pool is not running")]
-    PreprocessorsDown,
-    #[error("could not queue the job durably: {0}")]
-    Store(#[from] StoreError),
-    #[error("the job router is not running")]
-    RouterDown,
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl From<PreprocessError> for IntakeError {
-    fn from(e: PreprocessError) -> Self {
-        match e {
-            PreprocessError::PoolDown => IntakeError::PreprocessorsDown,
-            other => IntakeError::Preprocess(other),
-        }
-    }
-}
-
-/// The shared path from event to durably queued jobs: dedup, preprocess, order key, persist,
-/// hand to the router. Every trigger kind uses it, so every kind gets the same guarantee.
-#[derive(Clone)]
-pub struct Intake {
-    pub store: Store,
-    pub router: ractor::ActorRef<RouterMsg>,
-    pub preprocessors: PreprocessorPool,
-    pub bus: EventBus,
-}
-
-impl Intake {
-    /// Persists the jobs for `event` and returns once they are flushed to disk. `ack` builds
-    /// the handle settled with each job's final outcome (for sources that acknowledge late).
-    pub async fn accept(
-        &self,
-        rt: &TriggerRuntime,
-        event: Event,
-        ack: impl FnMut(JobId) -> AckHandle,
-    ) -> Result<Accepted, IntakeError> {
-        let mut ack = ack;
-        let mut out = self.accept_batch(rt, vec![event], |_, id| ack(id)).await;
-        out.pop()
-            .unwrap_or(Err(IntakeError::Refused("empty batch".into())))
-    }
-
-    /// [`Intake::accept`] for several events of one source, in order: their jobs share one
-    /// flush to disk and reach the router in the events' order (which `order_by` relies on).
-    /// `ack(i, job)` builds the handle of a job of the `i`-th event. One result per event; a
-    /// failed flush fails every event that had jobs to write.
-    pub async fn accept_batch(
-        &self,
-        rt: &TriggerRuntime,
-        events: Vec<Event>,
-        mut ack: impl FnMut(usize, JobId) -> AckHandle,
-    ) -> Vec<Result<Accepted, IntakeError>> {
-        let mut results = Vec::with_capacity(events.len());
-        let mut staged = Vec::new();
-        for (i, event) in events.into_iter().enumerate() {
-            match self.stage(rt, event).await {
-                Ok(Staged::Done(a)) => results.push(Ok(a)),
-                Ok(Staged::Written(w)) => {
-                    results.push(Ok(Accepted::Filtered)); // replaced below
-                    staged.push((i, w));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if staged.is_empty() {
-            return results;
-        }
-        if let Err(e) = self.store.commit().await {
-            for (i, _) in &staged {
-                results[*i] = Err(IntakeError::Store(e.clone()));
-            }
-            return results;
-        }
-        let name = rt.name();
-        let span = tracing::Span::current();
-        let mut jobs = Vec::new();
-        for (i, w) in staged {
-            rt.counters
-                .jobs_created
-                .fetch_add(w.records.len() as u64, Ordering::Relaxed);
-            let ids: Vec<JobId> = w.records.iter().map(|r| r.job_id).collect();
-            for r in &w.records {
-                self.bus.publish(if w.parked {
-                    SystemEvent::JobParked {
-                        trigger: name.into(),
-                        job_id: r.job_id,
-                    }
-                } else {
-                    SystemEvent::JobQueued {
-                        trigger: name.into(),
-                        job_id: r.job_id,
-                        event_id: w.event_id.clone(),
-                    }
-                });
-            }
-            if w.parked {
-                tracing::info!(jobs = ids.len(), "trigger suspended: jobs parked");
-                results[i] = Ok(Accepted::Parked(ids));
-                continue;
-            }
-            for record in w.records {
-                let handle = rt.ack_handle(ack(i, record.job_id));
-                let span = tracing::info_span!(parent: &span, "job", job_id = %record.job_id);
-                jobs.push(RoutedJob {
-                    record,
-                    retry: rt.retry.clone(),
-                    ack: handle,
-                    span,
-                });
-            }
-            results[i] = Ok(Accepted::Queued(ids));
-        }
-        if !jobs.is_empty() && self.router.cast(RouterMsg::Submit(jobs)).is_err() {
-            for r in results.iter_mut() {
-                if matches!(r, Ok(Accepted::Queued(_))) {
-                    *r = Err(IntakeError::RouterDown);
-                }
-            }
-        }
-        results
-    }
-
-    /// Dedup, preprocess and write one event's jobs (not yet flushed).
-    async fn stage(&self, rt: &TriggerRuntime, event: Event) -> Result<Staged, IntakeError> {
-        let name = rt.name();
-        rt.counters.events_received.fetch_add(1, Ordering::Relaxed);
-        rt.rate.record();
-        metrics::event_received(name, rt.kind());
-        self.bus.publish(SystemEvent::EventReceived {
-            trigger: name.into(),
-            event_id: event.id.clone(),
-        });
-        if event.dedup {
-            if let Some(ids) = self.store.dedup_get(&event.id)? {
-                rt.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
-                metrics::event_deduplicated(name, rt.kind());
-                tracing::info!(event_id = %event.id, "duplicate event, returning its earlier jobs");
-                self.bus.publish(SystemEvent::EventDuplicate {
-                    trigger: name.into(),
-                    event_id: event.id.clone(),
-                    job_ids: ids.clone(),
-                });
-                return Ok(Staged::Done(Accepted::Duplicate(ids)));
-            }
-        }
-        let payload = Arc::new(event.payload);
-        let outputs = self
-            .preprocessors
-            .run(&rt.preprocessor, payload.clone(), rt.kind())
-            .await?;
-        if outputs.is_empty() {
-            rt.counters.events_filtered.fetch_add(1, Ordering::Relaxed);
-            metrics::event_filtered(name, rt.kind());
-            tracing::info!(event_id = %event.id, "event filtered by preprocessor");
-            self.bus.publish(SystemEvent::EventFiltered {
-                trigger: name.into(),
-                event_id: event.id.clone(),
-            });
-            return Ok(Staged::Done(Accepted::Filtered));
-        }
-        let order_key = rt.order_by.as_ref().map(|f| order_key(f, &payload));
-        let parked = rt.is_suspended();
-        let records: Vec<JobRecord> = outputs
-            .into_iter()
-            .map(|args| {
-                let mut r = JobRecord::new(
-                    name,
-                    rt.kind(),
-                    &rt.config.common.runnable,
-                    &event.id,
-                    args,
-                    (*payload).clone(),
-                    order_key.clone(),
-                );
-                if parked {
-                    r.status = JobStatus::Parked;
-                    r.timeline = vec![TimelineEntry::now("parked")];
-                }
-                r
-            })
-            .collect();
-        let dedup_id = event.dedup.then_some(event.id.as_str());
-        self.store.write_jobs(&records, dedup_id, parked)?;
-        Ok(Staged::Written(WrittenEvent {
-            event_id: event.id,
-            records,
-            parked,
-        }))
-    }
-
-    /// Releases a trigger's parked jobs to run, in arrival order. Returns how many.
-    pub async fn release_parked(&self, rt: &TriggerRuntime) -> Result<usize, IntakeError> {
-        let records = self.store.unpark(rt.name()).await?;
-        let n = records.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let jobs = records
-            .into_iter()
-            .map(|record| {
-                let span = tracing::info_span!("job", trigger = %record.trigger, job_id = %record.job_id, released = true);
-                RoutedJob {
-                    ack: rt.ack_handle(AckHandle::none()),
-                    retry: rt.retry.clone(),
-                    record,
-                    span,
-                }
-            })
-            .collect();
-        self.router
-            .cast(RouterMsg::Submit(jobs))
-            .map_err(|_| IntakeError::RouterDown)?;
-        tracing::info!(trigger = rt.name(), jobs = n, "parked jobs released");
-        Ok(n)
-    }
-
-    /// Drops a trigger's parked jobs (status `cancelled`). Returns how many.
-    pub async fn cancel_parked(&self, trigger: &str) -> Result<usize, IntakeError> {
-        let ids = self.store.cancel_parked(trigger).await?;
-        for id in &ids {
-            metrics::job_outcome(trigger, "cancelled");
-            self.bus.publish(SystemEvent::JobCancelled {
-                trigger: trigger.into(),
-                job_id: *id,
-            });
-        }
-        Ok(ids.len())
-    }
-
-    /// Runs a finished job again as a new job linked to it. A replayed dead letter leaves the
-    /// dead letters. `rt` is the job's trigger, when it still exists.
-    pub async fn replay(
-        &self,
-        old: &JobRecord,
-        rt: Option<&TriggerRuntime>,
-        default_retry: &RetryPolicy,
-    ) -> Result<JobId, IntakeError> {
-        if !old.status.is_final() {
-            return Err(IntakeError::Refused(format!(
-                "job {} is {}; only finished jobs can be replayed",
-                old.job_id,
-                old.status.as_str()
-            )));
-        }
-        let mut record = JobRecord::new(
-            &old.trigger,
-            &old.kind,
-            &old.runnable,
-            &old.event_id,
-            old.args.clone(),
-            old.event.clone(),
-            old.order_key.clone(),
-        );
-        record.replay_of = Some(old.job_id);
-        let id = record.job_id;
-        self.store
-            .enqueue(std::slice::from_ref(&record), None)
-            .await?;
-        self.store.remove_dead_letter(old.job_id)?;
-        self.bus.publish(SystemEvent::JobQueued {
-            trigger: old.trigger.clone(),
-            job_id: id,
-            event_id: old.event_id.clone(),
-        });
-        let (ack, retry) = match rt {
-            Some(rt) => (rt.ack_handle(AckHandle::none()), rt.retry.clone()),
-            None => (AckHandle::none(), default_retry.clone()),
-        };
-        let span = tracing::info_span!("job", trigger = %record.trigger, job_id = %id, replay_of = %old.job_id);
-        self.router
-            .cast(RouterMsg::Submit(vec![RoutedJob {
-                record,
-                retry,
-                ack,
-                span,
-            }]))
-            .map_err(|_| IntakeError::RouterDown)?;
-        Ok(id)
-    }
-}
-
-/// The ordering key: the jq expression's first output, as a string (JSON text for non-strings).
-fn order_key(filter: &JqFilter, event: &Value) -> String {
-    match filter.run(event) {
-        Ok(mut outs) if !outs.is_empty() => match outs.swap_remove(0) {
-            Value::String(s) => s,
-            other => other.to_string(),
-        },
-        Ok(_) => "null".into(),
-        Err(e) => {
-            tracing::warn!(error = %e, "order_by failed on this event; using the key `null`");
-            "null".into()
-        }
     }
 }

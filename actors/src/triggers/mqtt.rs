@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{Accepted, IntakeError, SourceArgs, StopSignal as Stop, TriggerRuntime};
+use super::{Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime};
 use crate::event::Event;
 use crate::router::AckHandle;
 
@@ -476,7 +476,7 @@ fn base_event(
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(payload)),
     );
-    if let Ok(data) = serde_json::from_slice::<Value>(payload) {
+    if let (Some(data), _) = crate::json::message_data(payload) {
         event.insert("data".into(), data);
     }
     event.insert("topic".into(), json!(topic));
@@ -564,6 +564,8 @@ struct Message {
     topic: String,
     qos: u8,
     event: Value,
+    /// Why the message cannot be run (a payload nested too deeply).
+    defect: Option<String>,
     ack: Ack,
 }
 
@@ -599,12 +601,14 @@ impl Ack {
 impl Message {
     fn v3(trigger: &str, client: &rumqttc::AsyncClient, mut p: rumqttc::Publish) -> Self {
         let event = mqtt_event(trigger, &p);
+        let defect = crate::json::payload_defect(&p.payload);
         let topic = std::mem::take(&mut p.topic);
         p.payload = Bytes::new();
         Self {
             topic,
             qos: p.qos as u8,
             event,
+            defect,
             ack: Ack::V3(client.clone(), p),
         }
     }
@@ -621,12 +625,14 @@ impl Message {
             });
         }
         let event = v5_event(trigger, &topic, &p);
+        let defect = crate::json::payload_defect(&p.payload);
         p.payload = Bytes::new();
         p.properties = None;
         Ok(Self {
             topic,
             qos: p.qos as u8,
             event,
+            defect,
             ack: Ack::V5(client.clone(), p),
         })
     }
@@ -1046,18 +1052,16 @@ async fn take(args: &SourceArgs, m: Message) -> Result<(), String> {
         topic,
         qos,
         event,
+        defect,
         ack,
     } = m;
-    let event = Event::unique("mqtt", event);
+    let event = Event::unique("mqtt", event).with_defect(defect);
     let event_id = event.id.clone();
     if qos == 0 {
         // Nothing to acknowledge: received once accept() has flushed the jobs to disk.
+        // A refused message becomes a dead letter with its reason (written by the intake).
         return match args.intake.accept(rt, event, |_| AckHandle::none()).await {
             Ok(_) => Ok(()),
-            Err(IntakeError::Preprocess(e)) => {
-                tracing::warn!(trigger = rt.name(), topic = %topic, error = %e, "preprocessor failed; QoS 0 message dropped");
-                Ok(())
-            }
             Err(e) => Err(format!("could not accept a message: {e}")),
         };
     }
@@ -1076,13 +1080,14 @@ async fn take(args: &SourceArgs, m: Message) -> Result<(), String> {
         Ok(Accepted::Queued(ids)) => {
             tokio::spawn(ack_when_settled(ack, topic, ids.len(), settled));
         }
-        // Already durable (parked) or nothing to run: done as far as the broker is concerned.
-        Ok(Accepted::Parked(_) | Accepted::Duplicate(_) | Accepted::Filtered) => {
-            ack.send(&topic, &event_id).await;
-        }
-        Err(IntakeError::Preprocess(e)) => {
-            // A redelivery would fail the same way forever: acknowledge, counted in the log.
-            tracing::warn!(trigger = rt.name(), event_id = %event_id, topic = %topic, error = %e, "preprocessor failed; message acknowledged and dropped");
+        // Already durable (parked, or a dead letter recording why it cannot run) or nothing to
+        // run: done as far as the broker is concerned.
+        Ok(
+            Accepted::Parked(_)
+            | Accepted::Duplicate(_)
+            | Accepted::Filtered
+            | Accepted::DeadLettered(_),
+        ) => {
             ack.send(&topic, &event_id).await;
         }
         Err(e) => return Err(format!("could not accept a message: {e}")),

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{Accepted, IntakeError, SourceArgs, StopSignal as Stop};
+use super::{Accepted, SourceArgs, StopSignal as Stop};
 use crate::event::Event;
 use crate::job::JobOutcome;
 use crate::router::AckHandle;
@@ -325,7 +325,12 @@ fn headers_json(headers: Option<&async_nats::HeaderMap>) -> Value {
 }
 
 /// The fields core and JetStream events share.
-fn base_event(trigger: &str, msg: &async_nats::Message, reply: Option<&str>) -> Map<String, Value> {
+/// Also returns why the event cannot be run, when its payload is JSON nested too deeply.
+fn base_event(
+    trigger: &str,
+    msg: &async_nats::Message,
+    reply: Option<&str>,
+) -> (Map<String, Value>, Option<String>) {
     let mut event = Map::new();
     event.insert("kind".into(), json!("nats"));
     event.insert("trigger".into(), json!(trigger));
@@ -333,13 +338,14 @@ fn base_event(trigger: &str, msg: &async_nats::Message, reply: Option<&str>) -> 
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
     );
-    if let Ok(data) = serde_json::from_slice::<Value>(&msg.payload) {
+    let (data, defect) = crate::json::message_data(&msg.payload);
+    if let Some(data) = data {
         event.insert("data".into(), data);
     }
     event.insert("subject".into(), json!(msg.subject.as_str()));
     event.insert("reply".into(), json!(reply));
     event.insert("headers".into(), headers_json(msg.headers.as_ref()));
-    event
+    (event, defect)
 }
 
 fn jetstream_event(
@@ -350,7 +356,7 @@ fn jetstream_event(
     let info = msg
         .info()
         .map_err(|e| format!("JetStream message without metadata: {e}"))?;
-    let mut event = base_event(trigger, &msg.message, None);
+    let (mut event, defect) = base_event(trigger, &msg.message, None);
     let published = i64::try_from(info.published.unix_timestamp_nanos())
         .map(chrono::DateTime::from_timestamp_nanos)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
@@ -370,7 +376,7 @@ fn jetstream_event(
         "nats:{trigger}:{}:{stream_created}:{}",
         info.stream, info.stream_sequence
     );
-    Ok(Event::deterministic(id, Value::Object(event)))
+    Ok(Event::deterministic(id, Value::Object(event)).with_defect(defect))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,15 +507,13 @@ async fn run_core(
             return Ok(());
         }
         let reply = msg.reply.as_ref().map(|r| r.as_str());
-        let event = Event::unique("nats", Value::Object(base_event(rt.name(), &msg, reply)));
+        let (event, defect) = base_event(rt.name(), &msg, reply);
+        let event = Event::unique("nats", Value::Object(event)).with_defect(defect);
         // Core NATS cannot redeliver: the message counts as received once accept() has
         // flushed its jobs to disk. Taking messages one at a time keeps their publish order.
-        match args.intake.accept(rt, event, |_| AckHandle::none()).await {
-            Ok(_) => {}
-            Err(IntakeError::Preprocess(e)) => {
-                tracing::warn!(trigger = rt.name(), subject = %msg.subject, error = %e, "preprocessor failed; message dropped (core NATS cannot redeliver)");
-            }
-            Err(e) => return Err(format!("could not accept a message: {e}")),
+        // A refused message becomes a dead letter with its reason (written by the intake).
+        if let Err(e) = args.intake.accept(rt, event, |_| AckHandle::none()).await {
+            return Err(format!("could not accept a message: {e}"));
         }
     }
 }
@@ -614,7 +618,6 @@ async fn run_jetstream(
 /// One fetched message on its way through the intake.
 struct Taken {
     event_id: String,
-    subject: String,
     acker: Arc<jetstream::message::Acker>,
     outcomes: mpsc::UnboundedReceiver<bool>,
 }
@@ -641,11 +644,10 @@ async fn take_jetstream(
                 continue;
             }
         };
-        let (message, acker) = msg.split();
+        let (_, acker) = msg.split();
         let (tx, outcomes) = mpsc::unbounded_channel::<bool>();
         taken.push(Taken {
             event_id: event.id.clone(),
-            subject: message.subject.to_string(),
             acker: Arc::new(acker),
             outcomes,
         });
@@ -678,9 +680,9 @@ async fn take_jetstream(
             Ok(Accepted::Parked(_) | Accepted::Duplicate(_) | Accepted::Filtered) => {
                 send_ack(&t.acker, AckKind::Ack, &t.event_id).await;
             }
-            Err(IntakeError::Preprocess(e)) => {
-                // Redelivering would fail the same way forever: terminate, counted in the log.
-                tracing::warn!(trigger = rt.name(), event_id = %t.event_id, subject = %t.subject, error = %e, "preprocessor failed; message terminated");
+            // Redelivering would fail the same way forever: terminated, its dead letter (with
+            // the reason, written by the intake) is durable.
+            Ok(Accepted::DeadLettered(_)) => {
                 send_ack(&t.acker, AckKind::Term, &t.event_id).await;
             }
             Err(e) => {

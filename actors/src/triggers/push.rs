@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{Accepted, Intake, Mode, TriggerRuntime};
+use super::{Accepted, Intake, IntakeError, Mode, TriggerRuntime};
 use crate::event::Event;
+use crate::intake::admission::Reservation;
 use crate::job::{JobId, JobOutcome, JobStatus};
 use crate::router::{AckHandle, Watchers};
 
@@ -155,24 +156,22 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
         ));
         return;
     }
-    if !rt.has_capacity() {
+    // One slot now, atomically; the rest of the event's jobs once the preprocessor has said
+    // how many there are (`Intake::accept_reserved`).
+    let Some(reservation) = rt.slots().try_reserve(1) else {
         rt.counters
             .rejected_busy
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut r = PushResponse::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
+        let _ = reply.send(busy(
+            &rt,
             format!(
-                "trigger `{}` has {} jobs in flight (max_in_flight = {}); retry later",
-                rt.name(),
-                rt.in_flight.load(std::sync::atomic::Ordering::Acquire),
+                "{} jobs in flight (max_in_flight = {})",
+                rt.slots().current(),
                 rt.max_in_flight
             ),
-        );
-        r.retry_after = Some(1);
-        let _ = reply.send(r);
+        ));
         return;
-    }
+    };
     let payload = match kind.event(rt.name(), &req) {
         Ok(p) => p,
         Err(rej) => {
@@ -203,7 +202,8 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
     tokio::spawn(
         async move {
             tracing::info!("event received");
-            let response = journey(&rt, &intake, &watchers, event, mode, timeout).await;
+            let response =
+                journey(&rt, &intake, &watchers, event, reservation, mode, timeout).await;
             let _ = reply.send(response);
         }
         .instrument(span),
@@ -215,13 +215,14 @@ async fn journey(
     intake: &Intake,
     watchers: &Watchers,
     event: Event,
+    reservation: Reservation,
     mode: Mode,
     timeout: Duration,
 ) -> PushResponse {
     let event_id = event.id.clone();
     let mut receivers: Vec<(JobId, oneshot::Receiver<JobOutcome>)> = Vec::new();
     let accepted = intake
-        .accept(rt, event, |id| {
+        .accept_reserved(rt, event, reservation, |id| {
             if mode == Mode::Sync {
                 let (tx, rx) = oneshot::channel();
                 receivers.push((id, rx));
@@ -234,16 +235,29 @@ async fn journey(
         })
         .await;
     match accepted {
+        Err(e @ IntakeError::Busy { .. }) => busy(rt, e.to_string()),
+        Err(e @ (IntakeError::BadEvent(_) | IntakeError::Refused(_))) => {
+            tracing::debug!(error = %e, "event refused");
+            PushResponse::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_accepted",
+                e.to_string(),
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "event not accepted");
-            let status = match e {
-                super::IntakeError::Preprocess(_) | super::IntakeError::Refused(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            PushResponse::error(status, "not_accepted", e.to_string())
+            PushResponse::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_accepted",
+                e.to_string(),
+            )
         }
+        // Pushed events are refused (above), never dead-lettered by the intake.
+        Ok(Accepted::DeadLettered(id)) => PushResponse::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_accepted",
+            format!("refused; see job {id}"),
+        ),
         Ok(Accepted::Parked(ids)) => PushResponse::json(
             StatusCode::ACCEPTED,
             json!({
@@ -299,6 +313,17 @@ async fn journey(
             r
         }
     }
+}
+
+/// `429` with `Retry-After`: the trigger's jobs in flight leave no room for this event's.
+fn busy(rt: &TriggerRuntime, why: String) -> PushResponse {
+    let mut r = PushResponse::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "busy",
+        format!("trigger `{}`: {why}; retry later", rt.name()),
+    );
+    r.retry_after = Some(1);
+    r
 }
 
 /// Waits for every job's outcome up to `timeout` and shapes the sync answer: one job → its

@@ -215,13 +215,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
                 "JSON body is not valid UTF-8",
             )
         })?;
-        serde_json::from_str(text).map_err(|e| {
-            Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("body is not valid JSON: {e}"),
-            )
-        })
+        crate::json::parse(text.as_bytes()).map_err(json_rejection)
     };
     match mime.as_str() {
         "application/cloudevents-batch+json" => Err(Rejection::new(
@@ -296,7 +290,8 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
         }),
         _ => match text {
             // No (or an unknown) content type: JSON if it parses, else text, else bytes.
-            Some(t) => match serde_json::from_str::<Value>(t) {
+            Some(t) => match crate::json::parse(t.as_bytes()) {
+                Err(e @ crate::json::JsonError::TooDeep { .. }) => Err(json_rejection(e)),
                 Ok(v) if mime.is_empty() => Ok(ParsedBody {
                     body: v,
                     format: "json",
@@ -320,6 +315,22 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
                 cloudevent: None,
             }),
         },
+    }
+}
+
+/// 422 for JSON nested past `[server] max_json_depth` (well-formed, refused), 400 otherwise.
+fn json_rejection(e: crate::json::JsonError) -> Rejection {
+    match e {
+        crate::json::JsonError::TooDeep { .. } => Rejection::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_deep",
+            format!("body refused: {e}"),
+        ),
+        crate::json::JsonError::Invalid(m) => Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("body is not valid JSON: {m}"),
+        ),
     }
 }
 

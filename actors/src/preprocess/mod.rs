@@ -1,20 +1,25 @@
 //! Preprocessors shape an event into job arguments: zero outputs filter the event out, one is
 //! a job's args, several fan out into several jobs.
 //!
-//! - `jq` runs in-process through jaq.
+//! - `jq` runs in jq worker processes (`jq_pool.rs`, `jq_worker.rs`) with a timeout, never on
+//!   the async workers: a filter cannot be interrupted, and jaq recurses on deep values.
 //! - `command` runs a program with the event as JSON on stdin; its stdout (an object, an array
-//!   for fan-out, or `null` to filter) gives the args.
-//! - none: Windmill's default mapping for the kind (the body's fields become args).
-//!
-//! Work runs on a pool of preprocessor actors (a ractor factory) so that slow command
-//! preprocessors are bounded and never block a trigger actor.
+//!   for fan-out, or `null` to filter) gives the args. It runs on a pool of preprocessor actors
+//!   (a ractor factory), so slow commands are bounded and never block a trigger actor.
+//! - none: Windmill's default mapping for the kind (see [`default_args`]).
+
+mod jq;
+mod jq_pool;
+pub mod jq_worker;
+mod key;
+
+pub use jq::JqFilter;
+pub use jq_pool::{set_worker_exe, JqPool, JqSettings};
+pub use key::KeyExpr;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
-use jaq_json::Val;
 use ractor::factory::{
     queues, routing, Factory, FactoryArguments, FactoryMessage, Job, JobOptions, Worker, WorkerId,
 };
@@ -24,13 +29,19 @@ use serde_json::Value;
 use crate::config::PreprocessorConfig;
 use crate::runners::command::{run_process, ProcessSpec};
 
-/// Most outputs one event may fan out into; a runaway filter (`range(1e9)`) is an error.
+/// Most outputs one event may fan out into, whatever `max_fan_out` says.
 pub const MAX_OUTPUTS: usize = 10_000;
+/// A jq preprocessor's `timeout` when it sets none.
+pub const DEFAULT_JQ_TIMEOUT: Duration = Duration::from_secs(1);
+/// A command preprocessor's `timeout` when it sets none.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum PreprocessError {
     #[error("jq: {0}")]
     Jq(String),
+    #[error("preprocessor timed out after {0:?}")]
+    Timeout(Duration),
     #[error("command preprocessor: {0}")]
     Command(String),
     #[error("preprocessor output must be a JSON object, an array of objects or null; got {0}")]
@@ -39,118 +50,13 @@ pub enum PreprocessError {
     PoolDown,
 }
 
-type JqDef = jaq_core::Filter<data::JustLut<Val>>;
-
-/// A compiled jq filter, cheap to clone and shareable across threads.
-#[derive(Clone)]
-pub struct JqFilter {
-    filter: Arc<JqDef>,
-    source: Arc<str>,
-}
-
-impl std::fmt::Debug for JqFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JqFilter({:?})", self.source)
-    }
-}
-
-impl JqFilter {
-    pub fn compile(code: &str) -> Result<Self, String> {
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
-            .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
-        let loader = Loader::new(defs);
-        let arena = Arena::default();
-        let modules = loader
-            .load(&arena, File { code, path: () })
-            .map_err(|errs| format!("cannot parse jq filter `{code}`: {}", describe_load(&errs)))?;
-        let filter = Compiler::default()
-            .with_funs(funs)
-            .compile(modules)
-            .map_err(|errs| {
-                format!(
-                    "cannot compile jq filter `{code}`: {}",
-                    describe_compile(&errs)
-                )
-            })?;
-        Ok(Self {
-            filter: Arc::new(filter),
-            source: code.into(),
-        })
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// All outputs of the filter on `input`, or the first error it raised.
-    pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
-        let input: Val = serde_json::from_value(input.clone()).map_err(|e| e.to_string())?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
-        let mut outputs = Vec::new();
-        for out in self.filter.id.run((ctx, input)).map(unwrap_valr) {
-            let v = out.map_err(|e| e.to_string())?;
-            if outputs.len() == MAX_OUTPUTS {
-                return Err(format!("filter produced more than {MAX_OUTPUTS} outputs"));
-            }
-            outputs.push(val_to_json(&v)?);
-        }
-        Ok(outputs)
-    }
-}
-
-fn val_to_json(v: &Val) -> Result<Value, String> {
-    serde_json::from_str(&v.to_string()).map_err(|e| format!("jq output is not JSON ({e}): {v}"))
-}
-
-/// `at `…`` with the code from the error position, cut short.
-fn at(pos: &str) -> String {
-    let snippet: String = pos.chars().take(20).collect();
-    if snippet.is_empty() {
-        "at the end".into()
-    } else {
-        format!("at `{snippet}`")
-    }
-}
-
-fn describe_load(errs: &jaq_core::load::Errors<&str, ()>) -> String {
-    use jaq_core::load::Error;
-    let mut out = Vec::new();
-    for (_, e) in errs {
-        match e {
-            Error::Io(list) => {
-                out.extend(list.iter().map(|(p, m)| format!("cannot load `{p}`: {m}")))
-            }
-            Error::Lex(list) => out.extend(
-                list.iter()
-                    .map(|(expect, pos)| format!("expected {} {}", expect.as_str(), at(pos))),
-            ),
-            Error::Parse(list) => out.extend(
-                list.iter()
-                    .map(|(expect, pos)| format!("expected {} {}", expect.as_str(), at(pos))),
-            ),
-        }
-    }
-    out.join("; ")
-}
-
-fn describe_compile(errs: &jaq_core::compile::Errors<&str, ()>) -> String {
-    errs.iter()
-        .flat_map(|(_, list)| list.iter())
-        .map(|(name, undefined)| format!("undefined {} `{name}`", undefined.as_str()))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// A trigger's compiled preprocessor.
 #[derive(Debug, Clone)]
 pub enum Preprocessor {
     /// Windmill's default mapping for the kind.
     Default,
-    Jq(JqFilter),
+    /// A filter and how long it may run on one event.
+    Jq(JqFilter, Duration),
     Command(ProcessSpec),
 }
 
@@ -162,7 +68,7 @@ impl Preprocessor {
                 Err(("jq".into(), "set either `jq` or `command`, not both".into()))
             }
             (Some(code), None) => JqFilter::compile(code)
-                .map(Preprocessor::Jq)
+                .map(|f| Preprocessor::Jq(f, config.timeout.unwrap_or(DEFAULT_JQ_TIMEOUT)))
                 .map_err(|m| ("jq".into(), m)),
             (None, Some(cmd)) if cmd.is_empty() => {
                 Err(("command".into(), "must name a program".into()))
@@ -171,7 +77,7 @@ impl Preprocessor {
                 command: cmd.clone(),
                 cwd: None,
                 env: Default::default(),
-                timeout: config.timeout.unwrap_or(Duration::from_secs(30)),
+                timeout: config.timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
             })),
             (None, None) => Err((
                 "".into(),
@@ -180,11 +86,14 @@ impl Preprocessor {
         }
     }
 
-    /// Runs in the caller; the pool calls this from its workers.
+    /// Runs a command preprocessor in the caller (the pool's workers); the default mapping too.
+    /// jq filters run in the jq workers ([`PreprocessorPool::run`]).
     pub async fn apply(&self, event: &Value, kind: &str) -> Result<Vec<Value>, PreprocessError> {
         match self {
             Preprocessor::Default => Ok(vec![default_args(kind, event)]),
-            Preprocessor::Jq(f) => f.run(event).map_err(PreprocessError::Jq),
+            Preprocessor::Jq(..) => Err(PreprocessError::Jq(
+                "jq filters run in the jq workers".into(),
+            )),
             Preprocessor::Command(spec) => {
                 let stdin = serde_json::to_vec(event)
                     .map_err(|e| PreprocessError::Command(e.to_string()))?;
@@ -192,9 +101,10 @@ impl Preprocessor {
                     .await
                     .map_err(|e| PreprocessError::Command(e.to_string()))?;
                 let text = String::from_utf8_lossy(&out.stdout);
-                let parsed: Value = serde_json::from_str(text.trim()).map_err(|e| {
-                    PreprocessError::BadOutput(format!("non-JSON stdout ({e}): {}", tail(&text)))
-                })?;
+                // One level for the array of a fan-out.
+                let limit = crate::json::max_depth() + 1;
+                let parsed = crate::json::parse_within(text.trim().as_bytes(), limit)
+                    .map_err(|e| PreprocessError::BadOutput(format!("{e}: {}", tail(&text))))?;
                 match parsed {
                     Value::Null => Ok(vec![]),
                     Value::Array(items) if items.len() > MAX_OUTPUTS => Err(
@@ -249,10 +159,11 @@ pub struct PreprocessRequest {
 
 pub type PoolRef = ActorRef<FactoryMessage<(), PreprocessRequest>>;
 
-/// Handle to the pool of preprocessor actors.
+/// Handle to the preprocessors: the pool of command preprocessor actors and the jq workers.
 #[derive(Clone)]
 pub struct PreprocessorPool {
     factory: PoolRef,
+    jq: JqPool,
 }
 
 struct PreprocessWorker;
@@ -286,9 +197,10 @@ impl Worker for PreprocessWorker {
 }
 
 impl PreprocessorPool {
-    /// Spawns the factory linked to `supervisor`.
+    /// Spawns the factory linked to `supervisor`, and the jq workers.
     pub async fn spawn(
         workers: usize,
+        jq: JqSettings,
         supervisor: ractor::ActorCell,
         name: Option<String>,
     ) -> Result<Self, ractor::SpawnErr> {
@@ -309,22 +221,31 @@ impl PreprocessorPool {
             .num_initial_workers(workers.max(1))
             .build();
         let (factory, _) = Actor::spawn_linked(name, factory_def, args, supervisor).await?;
-        Ok(Self { factory })
+        Ok(Self {
+            factory,
+            jq: JqPool::start(jq),
+        })
     }
 
     pub fn actor(&self) -> &PoolRef {
         &self.factory
     }
 
-    /// Runs the preprocessor. The default mapping is applied inline: it costs less than a hop.
+    /// Runs the preprocessor, producing at most `max_outputs` outputs. The default mapping is
+    /// applied inline: it costs less than a hop.
     pub async fn run(
         &self,
         preprocessor: &Preprocessor,
         event: Arc<Value>,
         kind: &str,
+        max_outputs: usize,
     ) -> Result<Vec<Value>, PreprocessError> {
-        if let Preprocessor::Default = preprocessor {
-            return Ok(vec![default_args(kind, &event)]);
+        match preprocessor {
+            Preprocessor::Default => return Ok(vec![default_args(kind, &event)]),
+            Preprocessor::Jq(filter, timeout) => {
+                return self.jq.run(filter, &event, max_outputs, *timeout).await
+            }
+            Preprocessor::Command(_) => {}
         }
         let (tx, rx) = ractor::concurrency::oneshot();
         let job = Job {
@@ -342,6 +263,23 @@ impl PreprocessorPool {
             .cast(FactoryMessage::Dispatch(job))
             .map_err(|_| PreprocessError::PoolDown)?;
         rx.await.map_err(|_| PreprocessError::PoolDown)?
+    }
+
+    /// A key (`order_by`, `dedup_key`) of an event: paths and templates inline, jq filters in
+    /// the jq workers. `None` when the expression yields nothing.
+    pub async fn key(
+        &self,
+        expr: &KeyExpr,
+        event: &Value,
+        timeout: Duration,
+    ) -> Result<Option<String>, PreprocessError> {
+        match expr {
+            KeyExpr::Jq(filter) => {
+                let mut outs = self.jq.run(filter, event, 1, timeout).await?;
+                Ok((!outs.is_empty()).then(|| key::key_text(outs.swap_remove(0))))
+            }
+            native => Ok(native.eval(event)),
+        }
     }
 }
 

@@ -1,11 +1,13 @@
-//! Everything millgate must not forget, in sled: the durable job queue, job records, dead
-//! letters and the dedup window.
+//! Everything millgate must not forget, in sled: the durable job queue, job records, the
+//! events they came from (each stored once, whatever its fan-out), dead letters and the dedup
+//! window. Records that cannot be decoded go to the quarantine (`quarantine.rs`).
 //!
 //! Durability comes from [`Store::commit`]: a write is only acknowledged upstream after a
 //! flush that happened after it. Flushes are shared (group commit): one committer thread takes
 //! every writer waiting at that moment, flushes once and wakes them all, which measured ~20x the
 //! throughput of a flush per write on this machine kind (DESIGN.md, "Delivery guarantee").
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
+
+mod quarantine;
+
+pub use quarantine::QuarantinedRecord;
 
 use crate::config::StoreConfig;
 use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
@@ -65,6 +71,17 @@ fn parked_key(trigger: &str, id: JobId) -> Vec<u8> {
     k
 }
 
+/// An event as stored, once, for all the jobs it became.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEvent {
+    received_at: DateTime<Utc>,
+    payload: Value,
+}
+
+/// Events younger than this are kept by the sweep even when no job refers to them yet: their
+/// jobs may be being written at that very moment.
+const EVENT_SWEEP_GRACE: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct DedupEntry {
     job_ids: Vec<JobId>,
@@ -76,6 +93,8 @@ type Waiter = oneshot::Sender<Result<(), StoreError>>;
 struct Inner {
     db: sled::Db,
     jobs: sled::Tree,
+    events: sled::Tree,
+    quarantine: sled::Tree,
     queue: sled::Tree,
     dedup: sled::Tree,
     dead: sled::Tree,
@@ -121,6 +140,8 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: db.open_tree("jobs")?,
+                events: db.open_tree("events")?,
+                quarantine: db.open_tree("quarantine")?,
                 queue: db.open_tree("queue")?,
                 dedup: db.open_tree("dedup")?,
                 dead: db.open_tree("dead_letters")?,
@@ -165,6 +186,29 @@ impl Store {
         self.commit().await
     }
 
+    /// Stores an event once, under its id, for the jobs that refer to it (not flushed).
+    pub fn put_event(&self, event_id: &str, payload: &Value) -> Result<(), StoreError> {
+        let stored = StoredEvent {
+            received_at: Utc::now(),
+            payload: payload.clone(),
+        };
+        self.inner
+            .events
+            .insert(event_id.as_bytes(), encode(&stored)?)?;
+        Ok(())
+    }
+
+    /// The stored event of this id.
+    pub fn get_event(&self, event_id: &str) -> Result<Option<Value>, StoreError> {
+        let key = event_id.as_bytes();
+        match self.inner.events.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(self
+                .decode_or_quarantine::<StoredEvent>("events", &self.inner.events, key, &bytes)?
+                .map(|e| e.payload)),
+        }
+    }
+
     /// Writes one event's jobs (queued, or parked) and its dedup entry without waiting for the
     /// disk: the caller owns the [`Store::commit`] that makes them durable, so that a batch of
     /// events shares one flush. Nothing may be acknowledged before that commit returns.
@@ -204,7 +248,7 @@ impl Store {
             // A crash between an earlier release's writes can leave the parked entry of a job
             // that is already queued: releasing it again would run it twice.
             let still_parked = self
-                .get_job(id)?
+                .job_without_event(id)?
                 .is_some_and(|r| r.status == JobStatus::Parked);
             if !still_parked {
                 self.inner.parked.remove(key)?;
@@ -234,7 +278,7 @@ impl Store {
             // Only jobs still parked: one already released (a crash mid-release) is running.
             let parked = match id {
                 Some(id) => self
-                    .get_job(id)?
+                    .job_without_event(id)?
                     .is_some_and(|r| r.status == JobStatus::Parked)
                     .then_some(id),
                 None => None,
@@ -290,8 +334,10 @@ impl Store {
         };
         let mut out = Vec::new();
         for item in iter.rev() {
-            let (_, v) = item?;
-            let r: JobRecord = decode("jobs", &v)?;
+            let (k, v) = item?;
+            let Some(r) = self.read_job(&k, &v, false)? else {
+                continue;
+            };
             if trigger.is_some_and(|t| t != r.trigger) || status.is_some_and(|s| s != r.status) {
                 continue;
             }
@@ -307,14 +353,13 @@ impl Store {
     // ---- triggers added through the API, and operators' enable/suspend flags ----
 
     pub fn api_triggers(&self) -> Result<Vec<TriggerConfig>, StoreError> {
-        self.inner
-            .api_triggers
-            .iter()
-            .map(|item| {
-                let (_, v) = item?;
-                decode("api_triggers", &v)
-            })
-            .collect()
+        let tree = &self.inner.api_triggers;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            out.extend(self.decode_or_quarantine("api_triggers", tree, &k, &v)?);
+        }
+        Ok(out)
     }
 
     pub async fn put_api_trigger(&self, t: &TriggerConfig) -> Result<(), StoreError> {
@@ -331,8 +376,9 @@ impl Store {
     }
 
     pub fn trigger_flags(&self, name: &str) -> Result<Option<TriggerFlags>, StoreError> {
-        match self.inner.trigger_flags.get(name.as_bytes())? {
-            Some(v) => decode("trigger_flags", &v).map(Some),
+        let tree = &self.inner.trigger_flags;
+        match tree.get(name.as_bytes())? {
+            Some(v) => self.decode_or_quarantine("trigger_flags", tree, name.as_bytes(), &v),
             None => Ok(None),
         }
     }
@@ -350,23 +396,56 @@ impl Store {
 
     /// The jobs an event created, if it was seen within the dedup window.
     pub fn dedup_get(&self, event_id: &str) -> Result<Option<Vec<JobId>>, StoreError> {
-        match self.inner.dedup.get(event_id.as_bytes())? {
+        let (tree, key) = (&self.inner.dedup, event_id.as_bytes());
+        let Some(bytes) = tree.get(key)? else {
+            return Ok(None);
+        };
+        let entry: Option<DedupEntry> = self.decode_or_quarantine("dedup", tree, key, &bytes)?;
+        Ok(entry.and_then(|e| (e.expires_at > Utc::now()).then_some(e.job_ids)))
+    }
+
+    /// A job record without its event (what the router and updates need).
+    pub fn job_without_event(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        match self.inner.jobs.get(id.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => {
-                let entry: DedupEntry = decode("dedup", &bytes)?;
-                Ok((entry.expires_at > Utc::now()).then_some(entry.job_ids))
-            }
+            Some(bytes) => self.read_job(id.as_bytes(), &bytes, false),
         }
     }
 
+    /// A job record with its event.
     pub fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         match self.inner.jobs.get(id.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => decode("jobs", &bytes).map(Some),
+            Some(bytes) => self.read_job(id.as_bytes(), &bytes, true),
         }
     }
 
+    /// Decodes a job record (quarantined when it cannot be), with its event when asked.
+    fn read_job(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        with_event: bool,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let record: Option<JobRecord> =
+            self.decode_or_quarantine("jobs", &self.inner.jobs, key, bytes)?;
+        let Some(mut record) = record else {
+            return Ok(None);
+        };
+        // Records written before events were stored on their own carry their event inline.
+        if with_event && record.event.is_null() {
+            record.event = self.get_event(&record.event_id)?.unwrap_or_default();
+        }
+        Ok(Some(record))
+    }
+
+    /// Writes a job record (without its event, which is stored once under its id).
     pub fn put_job(&self, record: &JobRecord) -> Result<(), StoreError> {
+        // A record of an older version carried its event inline: keep the event when the record
+        // is rewritten without it.
+        if !record.event.is_null() && !self.inner.events.contains_key(&record.event_id)? {
+            self.put_event(&record.event_id, &record.event)?;
+        }
         self.inner
             .jobs
             .insert(record.job_id.as_bytes(), encode(record)?)?;
@@ -379,7 +458,7 @@ impl Store {
         id: JobId,
         f: impl FnOnce(&mut JobRecord),
     ) -> Result<Option<JobRecord>, StoreError> {
-        let Some(mut record) = self.get_job(id)? else {
+        let Some(mut record) = self.job_without_event(id)? else {
             return Ok(None);
         };
         f(&mut record);
@@ -432,7 +511,7 @@ impl Store {
             let Some(id) = JobId::from_slice(&key) else {
                 continue;
             };
-            match self.get_job(id)? {
+            match self.job_without_event(id)? {
                 Some(r) if !r.status.is_final() => out.push(r),
                 Some(_) => {
                     self.inner.queue.remove(&key)?;
@@ -448,23 +527,23 @@ impl Store {
 
     /// Dead letters, newest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner
-            .dead
-            .iter()
-            .rev()
-            .map(|item| {
-                let (_, v) = item?;
-                decode("dead_letters", &v)
-            })
-            .collect()
+        let tree = &self.inner.dead;
+        let mut out = Vec::new();
+        for item in tree.iter().rev() {
+            let (k, v) = item?;
+            out.extend(self.decode_or_quarantine("dead_letters", tree, &k, &v)?);
+        }
+        Ok(out)
     }
 
-    /// Job records, newest first, optionally only one trigger's.
+    /// Job records with their events, newest first, optionally only one trigger's.
     pub fn jobs(&self, trigger: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.jobs.iter().rev() {
-            let (_, v) = item?;
-            let r: JobRecord = decode("jobs", &v)?;
+            let (k, v) = item?;
+            let Some(r) = self.read_job(&k, &v, true)? else {
+                continue;
+            };
             if trigger.is_none_or(|t| t == r.trigger) {
                 out.push(r);
                 if out.len() >= limit {
@@ -500,22 +579,42 @@ impl Store {
         }
         let cutoff = now - chrono_duration(self.inner.config.job_retention);
         let mut finished = Vec::new();
+        // Events still referred to by a job that stays.
+        let mut referenced: HashMap<String, bool> = HashMap::new();
         for item in self.inner.jobs.iter() {
             let (k, v) = item?;
-            let Ok(r) = decode::<JobRecord>("jobs", &v) else {
+            let Some(r) = self.read_job(&k, &v, false)? else {
                 continue;
             };
             if matches!(r.status, JobStatus::Succeeded | JobStatus::Cancelled)
                 || (r.status == JobStatus::DeadLettered && !self.inner.dead.contains_key(&k)?)
             {
-                finished.push((k, r.finished_at.unwrap_or(r.created_at)));
+                finished.push((k, r.finished_at.unwrap_or(r.created_at), r.event_id));
+            } else {
+                referenced.insert(r.event_id, true);
             }
         }
         let over = finished.len().saturating_sub(self.inner.config.max_jobs);
-        for (i, (k, finished_at)) in finished.iter().enumerate() {
-            if i < over || *finished_at < cutoff {
+        for (i, (k, finished_at, event_id)) in finished.into_iter().enumerate() {
+            if i < over || finished_at < cutoff {
                 self.inner.jobs.remove(k)?;
                 report.jobs_removed += 1;
+            } else {
+                referenced.insert(event_id, true);
+            }
+        }
+        let grace_cutoff = now - chrono_duration(EVENT_SWEEP_GRACE);
+        for item in self.inner.events.iter() {
+            let (k, v) = item?;
+            if referenced.contains_key(String::from_utf8_lossy(&k).as_ref()) {
+                continue;
+            }
+            let old = self
+                .decode_or_quarantine::<StoredEvent>("events", &self.inner.events, &k, &v)?
+                .is_some_and(|e| e.received_at < grace_cutoff);
+            if old {
+                self.inner.events.remove(k)?;
+                report.events_removed += 1;
             }
         }
         Ok(report)
@@ -532,10 +631,11 @@ impl Store {
                 let Some(inner) = weak.upgrade() else { return };
                 let store = Store { inner };
                 match tokio::task::spawn_blocking(move || store.sweep()).await {
-                    Ok(Ok(r)) if r.jobs_removed + r.dedup_removed > 0 => {
+                    Ok(Ok(r)) if r.jobs_removed + r.dedup_removed + r.events_removed > 0 => {
                         tracing::info!(
                             jobs = r.jobs_removed,
                             dedup = r.dedup_removed,
+                            events = r.events_removed,
                             "store sweep"
                         )
                     }
@@ -551,6 +651,7 @@ impl Store {
 pub struct SweepReport {
     pub jobs_removed: usize,
     pub dedup_removed: usize,
+    pub events_removed: usize,
 }
 
 fn committer(db: sled::Db, rx: mpsc::Receiver<Waiter>) {
@@ -595,14 +696,10 @@ impl Store {
     }
 
     pub fn source_state(&self, trigger: &str) -> Result<Option<Value>, StoreError> {
-        match self.source_state_tree()?.get(trigger.as_bytes())? {
+        let tree = self.source_state_tree()?;
+        match tree.get(trigger.as_bytes())? {
             Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        tree: "source_state",
-                        reason: e.to_string(),
-                    })
+                self.decode_or_quarantine("source_state", &tree, trigger.as_bytes(), &bytes)
             }
             None => Ok(None),
         }
@@ -621,137 +718,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn store(dir: &tempfile::TempDir) -> Store {
-        Store::open(&StoreConfig {
-            path: dir.path().join("db"),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
-    fn record(trigger: &str) -> JobRecord {
-        JobRecord::new(
-            trigger,
-            "webhook",
-            "r",
-            "e1",
-            json!({"a": 1}),
-            json!({}),
-            None,
-        )
-    }
-
-    #[tokio::test]
-    async fn enqueued_jobs_survive_reopen_until_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (record("t"), record("t"));
-        {
-            let s = store(&dir);
-            s.enqueue(&[a.clone(), b.clone()], Some("ev"))
-                .await
-                .unwrap();
-            s.finish(a.job_id, JobStatus::Succeeded, Some(json!(1)), None)
-                .unwrap();
-            s.commit().await.unwrap();
-        }
-        let s = store(&dir);
-        let left: Vec<_> = s
-            .unfinished()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.job_id)
-            .collect();
-        assert_eq!(left, vec![b.job_id]);
-        assert_eq!(s.dedup_get("ev").unwrap(), Some(vec![a.job_id, b.job_id]));
-        assert_eq!(s.get_job(a.job_id).unwrap().unwrap().result, Some(json!(1)));
-    }
-
-    #[tokio::test]
-    async fn dead_letters_are_listed_and_kept_by_sweep() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir);
-        let r = record("t");
-        s.enqueue(std::slice::from_ref(&r), None).await.unwrap();
-        s.finish(r.job_id, JobStatus::DeadLettered, None, Some("boom".into()))
-            .unwrap();
-        let dl = s.dead_letters().unwrap();
-        assert_eq!(dl.len(), 1);
-        assert_eq!(dl[0].error, "boom");
-        s.sweep().unwrap();
-        assert!(s.get_job(r.job_id).unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn sweep_enforces_max_jobs_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&StoreConfig {
-            path: dir.path().join("db"),
-            max_jobs: 2,
-            ..Default::default()
-        })
-        .unwrap();
-        let recs: Vec<_> = (0..5).map(|_| record("t")).collect();
-        s.enqueue(&recs, None).await.unwrap();
-        for r in &recs {
-            s.finish(r.job_id, JobStatus::Succeeded, None, None)
-                .unwrap();
-        }
-        assert_eq!(s.sweep().unwrap().jobs_removed, 3);
-        let left: Vec<_> = s
-            .jobs(None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.job_id)
-            .collect();
-        assert_eq!(left, vec![recs[4].job_id, recs[3].job_id]);
-    }
-
-    #[tokio::test]
-    async fn parked_jobs_release_once_even_after_a_crash_mid_release() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir);
-        let mut a = record("t");
-        a.status = JobStatus::Parked;
-        let mut b = record("t");
-        b.status = JobStatus::Parked;
-        s.park(&[a.clone(), b.clone()], None).await.unwrap();
-        assert_eq!(s.parked_count("t"), 2);
-        assert!(
-            s.unfinished().unwrap().is_empty(),
-            "parked jobs are not dispatched on start"
-        );
-        // As if an earlier release had queued `a` and died before removing its parked entry.
-        s.update_job(a.job_id, |r| r.status = JobStatus::Queued)
-            .unwrap();
-        let released: Vec<_> = s
-            .unpark("t")
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.job_id)
-            .collect();
-        assert_eq!(released, vec![b.job_id]);
-        assert_eq!(s.parked_count("t"), 0);
-        assert!(s.cancel_parked("t").await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn concurrent_writers_share_flushes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir);
-        let tasks: Vec<_> = (0..64)
-            .map(|_| {
-                let s = s.clone();
-                tokio::spawn(async move { s.enqueue(&[record("t")], None).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        assert_eq!(s.queue_depth(), 64);
-    }
-}
+mod tests;

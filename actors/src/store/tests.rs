@@ -1,0 +1,325 @@
+//! The store's own tests: durability across reopen, sweeping, parking, quarantine, and the
+//! round trip of everything the JSON limits accept.
+
+use super::*;
+use serde_json::json;
+
+fn store(dir: &tempfile::TempDir) -> Store {
+    Store::open(&StoreConfig {
+        path: dir.path().join("db"),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn record(trigger: &str) -> JobRecord {
+    JobRecord::new(trigger, "webhook", "r", "e1", json!({"a": 1}), None)
+}
+
+#[tokio::test]
+async fn enqueued_jobs_survive_reopen_until_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (record("t"), record("t"));
+    {
+        let s = store(&dir);
+        s.enqueue(&[a.clone(), b.clone()], Some("ev"))
+            .await
+            .unwrap();
+        s.finish(a.job_id, JobStatus::Succeeded, Some(json!(1)), None)
+            .unwrap();
+        s.commit().await.unwrap();
+    }
+    let s = store(&dir);
+    let left: Vec<_> = s
+        .unfinished()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(left, vec![b.job_id]);
+    assert_eq!(s.dedup_get("ev").unwrap(), Some(vec![a.job_id, b.job_id]));
+    assert_eq!(s.get_job(a.job_id).unwrap().unwrap().result, Some(json!(1)));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_kept_by_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let r = record("t");
+    s.enqueue(std::slice::from_ref(&r), None).await.unwrap();
+    s.finish(r.job_id, JobStatus::DeadLettered, None, Some("boom".into()))
+        .unwrap();
+    let dl = s.dead_letters().unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].error, "boom");
+    s.sweep().unwrap();
+    assert!(s.get_job(r.job_id).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn sweep_enforces_max_jobs_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&StoreConfig {
+        path: dir.path().join("db"),
+        max_jobs: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let recs: Vec<_> = (0..5).map(|_| record("t")).collect();
+    s.enqueue(&recs, None).await.unwrap();
+    for r in &recs {
+        s.finish(r.job_id, JobStatus::Succeeded, None, None)
+            .unwrap();
+    }
+    assert_eq!(s.sweep().unwrap().jobs_removed, 3);
+    let left: Vec<_> = s
+        .jobs(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(left, vec![recs[4].job_id, recs[3].job_id]);
+}
+
+#[tokio::test]
+async fn parked_jobs_release_once_even_after_a_crash_mid_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let mut a = record("t");
+    a.status = JobStatus::Parked;
+    let mut b = record("t");
+    b.status = JobStatus::Parked;
+    s.park(&[a.clone(), b.clone()], None).await.unwrap();
+    assert_eq!(s.parked_count("t"), 2);
+    assert!(
+        s.unfinished().unwrap().is_empty(),
+        "parked jobs are not dispatched on start"
+    );
+    // As if an earlier release had queued `a` and died before removing its parked entry.
+    s.update_job(a.job_id, |r| r.status = JobStatus::Queued)
+        .unwrap();
+    let released: Vec<_> = s
+        .unpark("t")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(released, vec![b.job_id]);
+    assert_eq!(s.parked_count("t"), 0);
+    assert!(s.cancel_parked("t").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.enqueue(&[record("t")], None).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.queue_depth(), 64);
+}
+
+#[tokio::test]
+async fn an_event_is_stored_once_for_all_its_jobs_and_swept_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&StoreConfig {
+        path: dir.path().join("db"),
+        job_retention: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let event = json!({"kind": "webhook", "body": {"items": [1, 2, 3]}});
+    let jobs: Vec<_> = (0..3).map(|_| record("t")).collect();
+    s.put_event("e1", &event).unwrap();
+    s.enqueue(&jobs, None).await.unwrap();
+    assert_eq!(s.inner.events.len(), 1);
+    for j in &jobs {
+        assert_eq!(s.get_job(j.job_id).unwrap().unwrap().event, event);
+        assert!(s
+            .job_without_event(j.job_id)
+            .unwrap()
+            .unwrap()
+            .event
+            .is_null());
+        // What is written to disk has no copy of the event.
+        let raw = s.inner.jobs.get(j.job_id.as_bytes()).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("items"));
+    }
+    for j in &jobs {
+        s.finish(j.job_id, JobStatus::Succeeded, None, None)
+            .unwrap();
+    }
+    // Retention zero: the jobs go, the event stays within its grace period...
+    assert_eq!(s.sweep().unwrap().jobs_removed, 3);
+    assert_eq!(s.inner.events.len(), 1);
+    // ...and goes once it is older than that with no job left.
+    let old = StoredEvent {
+        received_at: Utc::now() - chrono_duration(EVENT_SWEEP_GRACE * 2),
+        payload: event,
+    };
+    s.inner.events.insert("e1", encode(&old).unwrap()).unwrap();
+    assert_eq!(s.sweep().unwrap().events_removed, 1);
+}
+
+#[tokio::test]
+async fn a_record_of_an_earlier_version_keeps_its_inline_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let r = record("t");
+    let mut old = serde_json::to_value(&r).unwrap();
+    old["event"] = json!({"kind": "webhook", "body": {"x": 1}});
+    s.inner
+        .jobs
+        .insert(r.job_id.as_bytes(), serde_json::to_vec(&old).unwrap())
+        .unwrap();
+    s.inner.queue.insert(r.job_id.as_bytes(), &[]).unwrap();
+    s.finish(r.job_id, JobStatus::Succeeded, None, None)
+        .unwrap();
+    assert_eq!(
+        s.get_job(r.job_id).unwrap().unwrap().event["body"]["x"],
+        json!(1)
+    );
+}
+
+#[tokio::test]
+async fn undecodable_records_are_quarantined_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = record("t");
+    let bad_record = record("t");
+    let bad = bad_record.job_id;
+    {
+        let s = store(&dir);
+        s.enqueue(std::slice::from_ref(&good), Some("ev"))
+            .await
+            .unwrap();
+        // A record whose args nest past the reader's limit, as an older version could write.
+        let deep = serde_json::to_string(&bad_record).unwrap().replace(
+            r#""args":{"a":1}"#,
+            &format!(r#""args":{}{}"#, "[".repeat(200), "]".repeat(200)),
+        );
+        assert!(deep.len() > 400);
+        s.inner
+            .jobs
+            .insert(bad.as_bytes(), deep.as_bytes())
+            .unwrap();
+        s.inner.queue.insert(bad.as_bytes(), &[]).unwrap();
+        s.inner.dedup.insert("ev2", &b"not json"[..]).unwrap();
+        s.inner.api_triggers.insert("broken", &b"{"[..]).unwrap();
+        s.commit().await.unwrap();
+    }
+    let s = store(&dir);
+    let left: Vec<_> = s.unfinished().unwrap().iter().map(|r| r.job_id).collect();
+    assert_eq!(left, vec![good.job_id]);
+    assert!(s.get_job(bad).unwrap().is_none());
+    assert_eq!(s.jobs(None, 10).unwrap().len(), 1);
+    assert_eq!(s.jobs_page(None, None, 10, None).unwrap().0.len(), 1);
+    assert_eq!(s.dedup_get("ev2").unwrap(), None);
+    assert!(s.api_triggers().unwrap().is_empty());
+    let q = s.quarantined().unwrap();
+    let trees: Vec<_> = q.iter().map(|r| r.tree.as_str()).collect();
+    assert_eq!(trees, vec!["jobs", "dedup", "api_triggers"]);
+    assert_eq!(q[0].key, bad.to_string());
+    assert!(q[0].size > 400, "{q:?}");
+    assert!(q[0].error.contains("recursion limit"), "{q:?}");
+    assert!(s.drop_quarantined(q[0].id).unwrap());
+    assert_eq!(s.quarantine_len(), 2);
+}
+
+mod round_trip {
+    //! Whatever the JSON limits accept must be readable again once stored inside a record.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values nested up to `depth` levels, with the awkward scalars (big and small
+    /// numbers, escapes, non-ASCII keys).
+    fn value(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 256, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A value nested exactly `n` levels deep at its deepest, built around `leaf`.
+    fn nest(leaf: Value, n: usize) -> Value {
+        (0..n).fold(leaf, |v, i| {
+            if i % 2 == 0 {
+                Value::Array(vec![v])
+            } else {
+                json!({ "k": v })
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn accepted_payloads_round_trip(v in value(8), extra in 0usize..80) {
+            let limit = crate::json::DEFAULT_MAX_DEPTH;
+            let v = nest(v, extra);
+            let text = serde_json::to_vec(&v).unwrap();
+            let Ok(parsed) = crate::json::parse_within(&text, limit) else {
+                prop_assert!(crate::json::depth(&v) > limit);
+                return Ok(());
+            };
+            prop_assert_eq!(&parsed, &v);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let s = store(&dir);
+            let mut r = JobRecord::new("t", "webhook", "r", "e1", parsed.clone(), None);
+            r.result = Some(parsed.clone());
+            let event = json!({"kind": "webhook", "trigger": "t", "body": parsed});
+            s.put_event("e1", &event).unwrap();
+            rt.block_on(s.enqueue(std::slice::from_ref(&r), Some("e1"))).unwrap();
+            let back = s.get_job(r.job_id).unwrap();
+            prop_assert!(back.is_some(), "record quarantined: {:?}", s.quarantined());
+            let back = back.unwrap();
+            prop_assert_eq!(&back.args, &v);
+            prop_assert_eq!(back.result.as_ref(), Some(&v));
+            prop_assert_eq!(&back.event, &event);
+            prop_assert_eq!(s.quarantine_len(), 0);
+        }
+    }
+
+    #[test]
+    fn the_deepest_accepted_payload_round_trips_and_one_more_level_is_refused() {
+        let limit = crate::json::DEFAULT_MAX_DEPTH;
+        let at_limit = serde_json::to_vec(&nest(json!(1), limit)).unwrap();
+        assert!(crate::json::parse_within(&at_limit, limit).is_ok());
+        let over = serde_json::to_vec(&nest(json!(1), limit + 1)).unwrap();
+        assert!(crate::json::parse_within(&over, limit).is_err());
+        // The largest configurable limit still leaves the records readable.
+        let max = crate::json::MAX_CONFIGURABLE_DEPTH;
+        let v = nest(json!(1), max);
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let mut r = JobRecord::new("t", "webhook", "r", "e1", v.clone(), None);
+        r.result = Some(v.clone());
+        s.put_event("e1", &json!({"body": v.clone()})).unwrap();
+        s.put_job(&r).unwrap();
+        let back = s.get_job(r.job_id).unwrap().expect("readable");
+        assert_eq!(back.args, v);
+        assert_eq!(back.event["body"], v);
+    }
+}
