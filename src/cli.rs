@@ -1045,7 +1045,9 @@ pub struct StateArgs {
 pub enum StateCommand {
     /// Print a trigger's saved state as JSON (`null` when nothing was saved yet).
     Get { trigger: String },
-    /// Replace a trigger's saved state with JSON given as an argument, or read from stdin.
+    /// Set a trigger's saved state from JSON given as an argument, or read from stdin: a
+    /// schedule's fields given change and the others stay; a poll's state is replaced (a poll
+    /// running meanwhile drops its own new state, so the next poll starts from this one).
     Set {
         trigger: String,
         /// The new state as JSON; `-` or nothing reads it from stdin.

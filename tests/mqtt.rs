@@ -864,6 +864,162 @@ preprocessor = {{ jq = '{{i: .data.i}}' }}
     eprintln!("left unacknowledged in the session: {}", left.len());
 }
 
+/// Acks follow settlement closely: 1,000 QoS 1 messages in a persistent session, millgate
+/// killed with -9 mid-stream after a few hundred jobs, restarted. The broker redelivers what it
+/// had not seen acknowledged; of those, the ones whose job had already run run again. That
+/// must be only what was in flight at the kill (`max_in_flight` jobs) plus the acks on their
+/// way at that instant ([`ACKS_ON_THE_WAY`]), not the hundreds of settled jobs whose acks
+/// were still queued in the client. The broker lets 1,000 messages be in flight, so only
+/// millgate's acks (v3.1.1) or its receive maximum (v5) keep the count down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_repeats_only_what_was_in_flight() {
+    kill_9_mid_stream(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_kill_9_mid_stream_repeats_only_what_was_in_flight() {
+    kill_9_mid_stream(5).await;
+}
+
+/// Acks written to the socket just before a `kill -9` that the broker may not have taken in
+/// (README, MQTT triggers: "after a crash").
+const ACKS_ON_THE_WAY: usize = 5;
+
+async fn kill_9_mid_stream(version: u8) {
+    const N: usize = 1000;
+    const MAX_IN_FLIGHT: usize = 10;
+    let session = persistent_session(version);
+    let client_id = unique("mgstream");
+    let topic = format!("{}/m", unique("mgstream"));
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let bport = free_port();
+    let _broker = Mosquitto::start_with(
+        broker_dir.path(),
+        &format!(
+            "listener {bport} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {N}\nmax_queued_messages {}\n",
+            2 * N
+        ),
+    );
+    wait_port(bport).await;
+    observe_session(bport, &client_id, Some(&topic), Duration::ZERO, version).await;
+    let publisher = Publisher::new(bport);
+    for i in 0..N {
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, i.to_string().as_bytes())
+            .await;
+    }
+    publisher.wait_acked(N).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = dir.path().join("done.log");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+path = "{dir}/data"
+
+[router]
+runners = 2
+
+[runnables.log]
+command = ["sh", "-c", 'read -r i; echo "$i $PPID" >> {dir}/done.log']
+
+[[triggers]]
+name = "stream"
+kind = "mqtt"
+runnable = "log"
+broker = "127.0.0.1"
+port = {bport}
+client_id = "{client_id}"
+{session}
+subscriptions = [{{ topic = "{topic}", qos = 1 }}]
+max_in_flight = {MAX_IN_FLIGHT}
+preprocessor = {{ jq = '.data' }}
+"#,
+            port = free_port(),
+            dir = dir.path().display()
+        ),
+    )
+    .expect("config");
+    let mut child = start_millgate(&config, &dir.path().join("first.log"));
+    let first_pid = child.id().to_string();
+    let deadline = Instant::now() + SECS_20;
+    while lines(&done).len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "millgate ran {} jobs before the kill",
+            lines(&done).len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let before = lines(&done).len();
+    assert!(before < N, "the crash came too late to test anything");
+
+    let mut child = start_millgate(&config, &dir.path().join("second.log"));
+    let ran = || -> std::collections::BTreeSet<u64> {
+        lines(&done)
+            .iter()
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ran().len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} messages ran; see {}",
+            ran().len(),
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Redeliveries settle: no new line for a second.
+    let mut count = lines(&done).len();
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = lines(&done).len();
+        if now != count {
+            count = now;
+            stable_since = Instant::now();
+        }
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    // A job the killed process had queued runs again after the restart (recovered from the
+    // store), and so does its message's redelivery (a new event: MQTT ids are not stable).
+    let mut runs: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for l in lines(&done) {
+        let (i, pid) = l.split_once(' ').expect("`<i> <pid>` line");
+        // A command started just before the kill, whose args never came, read nothing.
+        if let Ok(i) = i.parse() {
+            runs.entry(i).or_default().push(pid.to_string());
+        }
+    }
+    let repeated: Vec<_> = runs.iter().filter(|(_, pids)| pids.len() > 1).collect();
+    let twice = repeated.len();
+    eprintln!(
+        "v{version}: ran before the kill: {before}/{N}; ran more than once: {twice}: {repeated:?}"
+    );
+    for (i, pids) in &repeated {
+        assert!(pids.len() <= 3, "{i} ran {} times: {pids:?}", pids.len());
+        assert!(
+            pids.iter().any(|p| *p != first_pid),
+            "{i} ran twice before the kill: {pids:?}"
+        );
+    }
+    assert!(
+        twice <= MAX_IN_FLIGHT + ACKS_ON_THE_WAY,
+        "v{version}: {twice} messages ran twice; at most {MAX_IN_FLIGHT} were in flight"
+    );
+}
+
 struct Mosquitto {
     child: Child,
 }

@@ -350,3 +350,108 @@ dedup_key = ".id"
         assert_eq!(jobs.len(), 1, "item {item} got more than one job: {jobs:?}");
     }
 }
+
+/// `[server]`, `[store]` and `[admin]` for a service run as the real binary in `dir`.
+fn binary_header(dir: &std::path::Path) -> (String, String) {
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{}"
+
+[store]
+path = "{}/data"
+
+[admin]
+listen = "{admin}"
+token = "{}"
+"#,
+        common::free_port(),
+        dir.display(),
+        common::ADMIN_TOKEN
+    );
+    (text, format!("http://{admin}"))
+}
+
+/// A millgate process, killed (`kill -9`) when dropped, so a failing test leaves none behind.
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
+        Self(common::start_millgate(config, log))
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// `millgate <args>` against the admin API at `admin`, as an operator types it: stdout.
+fn cli(admin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
+        .args(args)
+        .args(["--admin-url", admin, "--token", common::ADMIN_TOKEN])
+        .output()
+        .expect("run millgate");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An operator sets the state while a poll runs: the poll's own save must not overwrite it,
+/// so the next poll starts from the operator's value. The poll program holds each poll open
+/// until the test lets it finish, so the write lands inside the poll every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_set_while_a_poll_runs_wins_over_that_polls_save() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (header, admin) = binary_header(dir.path());
+    let body = r#"
+[runnables.cursor]
+command = ["sh", "-c", 'in=$(cat); echo "$in" >> {DIR}/inputs.log; while [ ! -f {DIR}/go ]; do sleep 0.05; done; n=$(echo "$in" | sed -n "s/.*\"cursor\":\([0-9]*\).*/\1/p"); [ -n "$n" ] || n=0; echo "{\"items\": [], \"state\": {\"cursor\": $((n + 1))}}"']
+
+[[triggers]]
+name = "feed"
+kind = "poll"
+runnable = "cursor"
+poll_runnable = "cursor"
+cron = "* * * * * *"
+"#
+    .replace("{DIR}", &dir.path().display().to_string());
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{header}{body}")).expect("config");
+    let mut child = Running::start(&config, &dir.path().join("millgate.log"));
+    let client = reqwest::Client::new();
+    common::wait_ready(&client, &admin).await;
+    let inputs = dir.path().join("inputs.log");
+    eventually(SECS_15, "a first poll", || !lines(&inputs).is_empty()).await;
+    // The first poll has read `null` and waits: set the state now, then let it finish.
+    let set: Value = serde_json::from_str(&cli(
+        &admin,
+        &["state", "set", "feed", r#"{"cursor": 2000}"#],
+    ))
+    .expect("json");
+    assert_eq!(set, json!({"cursor": 2000}));
+    std::fs::write(dir.path().join("go"), "").expect("go");
+    eventually(SECS_15, "a second poll", || lines(&inputs).len() >= 2).await;
+    let got: Vec<Value> = lines(&inputs)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json input"))
+        .collect();
+    child.kill_9();
+    assert_eq!(got[0], json!({"state": null}));
+    assert_eq!(
+        got[1],
+        json!({"state": {"cursor": 2000}}),
+        "the poll that ran during the write saved over it: {got:?}"
+    );
+}

@@ -451,3 +451,299 @@ cron = "@hourly"
         "names the line of `poll_runnable`: {poll_line}"
     );
 }
+
+/// `[server]`, `[store]` and `[admin]` for a service run as the real binary in `dir`; the
+/// admin API's base URL.
+fn binary_header(dir: &std::path::Path) -> (String, String) {
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{}"
+
+[store]
+path = "{}/data"
+
+[admin]
+listen = "{admin}"
+token = "{}"
+"#,
+        common::free_port(),
+        dir.display(),
+        common::ADMIN_TOKEN
+    );
+    (text, format!("http://{admin}"))
+}
+
+/// A millgate process, killed (`kill -9`) when dropped, so a failing test leaves none behind.
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
+        Self(common::start_millgate(config, log))
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// `millgate <args>` against the admin API at `admin`, as an operator types it: stdout.
+fn cli(admin: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_millgate"))
+        .args(args)
+        .args(["--admin-url", admin, "--token", common::ADMIN_TOKEN])
+        .output()
+        .expect("run millgate");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The resume command of docs/cli.md, `state set T '{"paused": false}'`, sets `paused` and
+/// keeps `last_fire`: after a `kill -9` the restart still knows which fire times it owes and
+/// runs the ones missed while it was down (within `catch_up_window`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_keeps_last_fire_so_a_restart_after_kill_9_runs_the_missed_fire_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (header, admin) = binary_header(dir.path());
+    let body = r#"
+[runnables.log]
+command = ["sh", "-c", 'read -r line; echo "$line" >> {DIR}/ticks.log']
+
+[[triggers]]
+name = "every4"
+kind = "schedule"
+runnable = "log"
+cron = "*/4 * * * * *"
+catch_up_window = "1h"
+preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
+"#
+    .replace("{DIR}", &dir.path().display().to_string());
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{header}{body}")).expect("config");
+    let ticks_log = dir.path().join("ticks.log");
+    let ticks = || -> Vec<(DateTime<Utc>, bool)> {
+        common::lines(&ticks_log)
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("json line");
+                let at = DateTime::parse_from_rfc3339(v["at"].as_str().expect("at"))
+                    .expect("rfc3339")
+                    .with_timezone(&Utc);
+                (at, v["catch_up"] == true)
+            })
+            .collect()
+    };
+    let mut child = Running::start(&config, &dir.path().join("first.log"));
+    let client = reqwest::Client::new();
+    common::wait_ready(&client, &admin).await;
+    eventually(SECS_15, "a first fire time", || !ticks().is_empty()).await;
+    let first = ticks()[0].0;
+    // Once the fire time is saved, resume as docs/cli.md shows, then crash before the next.
+    let first_text = first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let deadline = std::time::Instant::now() + SECS_15;
+    while serde_json::from_str::<Value>(&cli(&admin, &["state", "get", "every4"])).expect("json")
+        ["last_fire"]
+        != first_text
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fire time never saved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let set: Value = serde_json::from_str(&cli(
+        &admin,
+        &["state", "set", "every4", r#"{"paused": false}"#],
+    ))
+    .expect("json");
+    child.kill_9();
+    // Down across two fire times, then back.
+    let owed = [
+        first + chrono::Duration::seconds(4),
+        first + chrono::Duration::seconds(8),
+    ];
+    let back = (owed[1] + chrono::Duration::seconds(1) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(back).await;
+    let mut child = Running::start(&config, &dir.path().join("second.log"));
+    eventually(SECS_15, "the missed fire times run", || {
+        let got = ticks();
+        owed.iter().all(|t| got.iter().any(|(at, _)| at == t))
+    })
+    .await;
+    let got = ticks();
+    child.kill_9();
+    for t in owed {
+        let runs: Vec<_> = got.iter().filter(|(at, _)| *at == t).collect();
+        assert_eq!(runs.len(), 1, "{t} ran {runs:?}: {got:?}");
+        assert!(runs[0].1, "{t} should be a catch-up run: {got:?}");
+    }
+    assert_eq!(set, json!({"last_fire": first_text, "paused": false}));
+}
+
+/// Day-of-week numbers mean what they mean in cron, in 5- and 6-field lines alike: 0 and 7
+/// are Sunday, 1-5 Monday to Friday, and names work. Read back from the running binary's
+/// next five fire times (admin API), each checked against the calendar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_of_week_numbers_and_names_follow_cron() {
+    use chrono::{Datelike, Weekday};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (header, admin) = binary_header(dir.path());
+    let cases: [(&str, &str, &[Weekday]); 8] = [
+        (
+            "weekdays",
+            "0 9 * * 1-5",
+            &[
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
+        ),
+        (
+            "weekdays6",
+            "0 0 9 * * 1-5",
+            &[
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
+        ),
+        (
+            "named",
+            "0 9 * * MON-FRI",
+            &[
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
+        ),
+        ("sunday0", "0 9 * * 0", &[Weekday::Sun]),
+        ("sunday7", "0 0 9 * * 7", &[Weekday::Sun]),
+        ("sun", "0 9 * * SUN", &[Weekday::Sun]),
+        ("saturday", "0 0 9 * * 6", &[Weekday::Sat]),
+        (
+            "fri_to_sun",
+            "0 9 * * 5-7",
+            &[Weekday::Fri, Weekday::Sat, Weekday::Sun],
+        ),
+    ];
+    let mut body = String::from("[runnables.echo]\nkind = \"echo\"\n");
+    for (name, cron, _) in &cases {
+        body.push_str(&format!(
+            "\n[[triggers]]\nname = \"{name}\"\nkind = \"schedule\"\nrunnable = \"echo\"\ncron = \"{cron}\"\ntimezone = \"America/New_York\"\n"
+        ));
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{header}{body}")).expect("config");
+    let log = dir.path().join("millgate.log");
+    let _child = Running::start(&config, &log);
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + SECS_15;
+    while client.get(format!("{admin}/healthz")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "millgate did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, cron, days) in &cases {
+        let deadline = std::time::Instant::now() + SECS_15;
+        let next = loop {
+            let v: Value = client
+                .get(format!("{admin}/api/triggers/{name}"))
+                .bearer_auth(common::ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("admin request")
+                .json()
+                .await
+                .expect("json");
+            if let Some(n) = v["schedule"]["next_fires"]
+                .as_array()
+                .filter(|n| !n.is_empty())
+            {
+                break n.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no next_fires: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(next.len(), 5, "{name}");
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &next {
+            let t = DateTime::parse_from_rfc3339(t.as_str().expect("string")).expect("rfc3339");
+            assert_eq!(
+                t.format("%H:%M:%S").to_string(),
+                "09:00:00",
+                "{name} `{cron}`: {t}"
+            );
+            assert!(
+                days.contains(&t.weekday()),
+                "{name} `{cron}` fires on a {} ({t}); expected {days:?}",
+                t.weekday()
+            );
+            seen.insert(t.weekday().num_days_from_monday());
+        }
+        // Five consecutive fire times cover every day named (at most five).
+        assert_eq!(seen.len(), days.len().min(5), "{name} `{cron}`: {next:?}");
+    }
+}
+
+/// An invalid cron field is refused with one line naming the field and what it takes.
+#[test]
+fn an_invalid_cron_field_is_named_with_its_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (cron, field, range) in [
+        ("61 9 * * *", "minute `61`", "0-59"),
+        ("0 0 24 * * *", "hour `24`", "0-23"),
+        ("0 9 * * 8", "day of week `8`", "0-7"),
+        ("0 9 * 13 *", "month `13`", "1-12"),
+        ("0 9 * *", "5 fields", "6 with"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[runnables.echo]\nkind = \"echo\"\n\n[[triggers]]\nname = \"a\"\nkind = \"schedule\"\nrunnable = \"echo\"\ncron = \"{cron}\"\n"
+            ),
+        )
+        .expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_millgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run millgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cron}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(cron))
+            .unwrap_or_else(|| panic!("{cron}: no error line:\n{stderr}"));
+        assert!(line.contains(":8:"), "names the line: {line}");
+        assert!(line.contains(field), "{cron}: names `{field}`: {line}");
+        assert!(line.contains(range), "{cron}: says `{range}`: {line}");
+    }
+}

@@ -805,12 +805,14 @@ async fn get_source_state(
     })))
 }
 
-/// Replaces a schedule's or poll's saved state with the JSON body (flushed before the answer).
-/// A poll sees it at its next poll; a schedule reads `paused` at its next fire time and
-/// `last_fire` at its next start.
+/// Sets a schedule's or poll's saved state from the JSON body (flushed before the answer).
+/// A schedule's fields given replace the saved ones and the others stay (`{"paused": false}`
+/// keeps `last_fire`); it reads `paused` at its next fire time and `last_fire` at its next
+/// start. A poll's state is replaced; a poll running at that moment keeps its items but not
+/// its new state, so the next poll starts from the value set.
 #[utoipa::path(put, path = "/api/triggers/{name}/state", tag = "triggers",
     params(("name" = String, Path, description = "trigger name")),
-    request_body(content = Object, description = "the new state (any JSON for a poll; `{\"last_fire\", \"paused\"}` for a schedule)"),
+    request_body(content = Object, description = "a poll: the new state (any JSON); a schedule: the fields to change, `{\"last_fire\"?, \"paused\"?}`"),
     responses((status = 200, body = Object), (status = 404, body = Object), (status = 409, body = Object), (status = 422, body = Object)))]
 async fn put_source_state(
     State(state): State<AdminState>,
@@ -820,20 +822,25 @@ async fn put_source_state(
     let e = stateful(&state, &name, false)?;
     let new: Value = serde_json::from_slice(&body)
         .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
-    if e.runtime.kind() == "schedule" {
-        millgate_actors::triggers::schedule::ScheduleState::parse(&name, Some(new.clone()))
-            .map_err(ApiError::invalid)?;
-    }
-    state
-        .service
-        .store
-        .put_source_state(&name, &new)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let store = &state.service.store;
+    let saved = if e.runtime.kind() == "schedule" {
+        use millgate_actors::triggers::schedule::ScheduleState;
+        store
+            .update_source_state(&name, |saved| ScheduleState::patch(&name, saved, &new))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::invalid)?
+    } else {
+        store
+            .put_source_state(&name, &new)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        new
+    };
     Ok(Json(json!({
         "trigger": name,
         "kind": e.runtime.kind(),
-        "state": new,
+        "state": saved,
     })))
 }
 

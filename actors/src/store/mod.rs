@@ -25,6 +25,8 @@ use crate::config::StoreConfig;
 use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
 use crate::triggers::TriggerConfig;
 
+mod source_state;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
@@ -686,35 +688,6 @@ fn decode<T: for<'de> Deserialize<'de>>(tree: &'static str, b: &[u8]) -> Result<
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-/// Saved state of timed sources (a schedule's last fire time, a poll's state), one JSON value
-/// per trigger name in the tree `source_state`.
-impl Store {
-    fn source_state_tree(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.inner.db.open_tree("source_state")?)
-    }
-
-    pub fn source_state(&self, trigger: &str) -> Result<Option<Value>, StoreError> {
-        let tree = self.source_state_tree()?;
-        match tree.get(trigger.as_bytes())? {
-            Some(bytes) => {
-                self.decode_or_quarantine("source_state", &tree, trigger.as_bytes(), &bytes)
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Writes a trigger's state and returns once it is on disk.
-    pub async fn put_source_state(&self, trigger: &str, state: &Value) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
-            tree: "source_state",
-            reason: e.to_string(),
-        })?;
-        self.source_state_tree()?
-            .insert(trigger.as_bytes(), bytes)?;
-        self.commit().await
-    }
 }
 
 #[cfg(test)]

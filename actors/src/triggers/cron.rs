@@ -1,6 +1,9 @@
-//! Fire-time computation shared by `schedule` and `poll` triggers: a cron expression (the cron
-//! crate's syntax, seconds first; 5-field expressions get `0` seconds; `@hourly`-style aliases)
-//! evaluated on the wall clock of an IANA time zone.
+//! Fire-time computation shared by `schedule` and `poll` triggers: a cron expression evaluated
+//! on the wall clock of an IANA time zone, parsed by the `croner` crate with POSIX/Vixie cron
+//! meanings: day of week 0 or 7 = Sunday, 1 = Monday … 6 = Saturday, names `SUN`…`SAT` and
+//! `JAN`…`DEC`; when both day of month and day of week are restricted, a day matching either
+//! one fires. Lines have 5 fields (second 0), 6 (seconds first) or 7 (a year last), or are
+//! `@yearly`-style aliases.
 //!
 //! Daylight-saving changes follow cronie's rule, so a daily job neither vanishes nor runs
 //! twice:
@@ -15,18 +18,87 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use cron::TimeUnitSpec;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
 
 /// A parsed cron expression in a time zone.
 #[derive(Debug, Clone)]
 pub struct CronSpec {
-    schedule: cron::Schedule,
+    cron: Cron,
     tz: Tz,
     hours_all: bool,
 }
 
 /// How far around a moment offsets are compared to find DST changes; no zone shifts by more.
 const DST_REACH: i64 = 3 * 3600;
+
+/// The fields of a 7-field line, with what each takes (for error messages).
+const FIELDS: [(&str, &str); 7] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31, L (last), 15W (nearest weekday)"),
+    ("month", "1-12 or JAN-DEC"),
+    (
+        "day of week",
+        "0-7 or SUN-SAT (0 and 7 = Sunday, 1 = Monday), ranges upward (FRI-SUN), 5L, 1#2",
+    ),
+    ("year", "1-5000"),
+];
+
+const SHAPES: &str = "expected 5 fields `minute hour day-of-month month day-of-week`, 6 with \
+                      seconds first, 7 with a year last, or @yearly/@monthly/@weekly/@daily/@hourly";
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Optional)
+        // `5/15` (from 5, every 15): accepted by the cron crate millgate used before.
+        .sloppy_ranges(true)
+        .build()
+}
+
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_lowercase().chain(chars).collect())
+}
+
+/// Says which field of a line croner refused, and what that field takes: croner's own
+/// errors do not name the field.
+fn explain(expr: &str, error: &croner::errors::CronError) -> String {
+    let reason = error.to_string();
+    let reason = reason
+        .trim_start_matches("Component error: ")
+        .trim_start_matches("Invalid pattern: ")
+        .trim_end_matches('.');
+    let trimmed = expr.trim();
+    let fields: Vec<&str> = trimmed.split_whitespace().collect();
+    if trimmed.starts_with('@') || !(5..=7).contains(&fields.len()) {
+        return format!("`{expr}` is not a valid cron expression: {SHAPES}");
+    }
+    // A 5-field line starts at the minute.
+    let first = usize::from(fields.len() == 5);
+    for (i, field) in fields.iter().enumerate() {
+        let slot = first + i;
+        let mut probe = ["*"; 7];
+        probe[slot] = field;
+        if let Err(e) = parser().parse(&probe.join(" ")) {
+            let (name, takes) = FIELDS[slot];
+            let why = e.to_string();
+            let why = why
+                .trim_start_matches("Component error: ")
+                .trim_start_matches("Pattern contains illegal characters: ")
+                .trim_end_matches('.');
+            let why = lower_first(why);
+            return format!(
+                "`{expr}`: {name} `{field}` is not valid ({why}); {name} takes {takes}"
+            );
+        }
+    }
+    format!("`{expr}` is not a valid cron expression ({reason}); {SHAPES}")
+}
 
 impl CronSpec {
     /// Parses `expr` in `timezone`. Errors are (key, message) so that they name `cron` or
@@ -38,22 +110,12 @@ impl CronSpec {
                 format!("unknown time zone `{timezone}` (use an IANA name such as `Europe/Berlin` or `UTC`)"),
             )
         })?;
-        let trimmed = expr.trim();
-        // The cron crate wants seconds; a classic 5-field line means "at second 0".
-        let full = if !trimmed.starts_with('@') && trimmed.split_whitespace().count() == 5 {
-            format!("0 {trimmed}")
-        } else {
-            trimmed.to_string()
-        };
-        let schedule = cron::Schedule::from_str(&full).map_err(|e| {
-            (
-                "cron".to_string(),
-                format!("`{expr}` is not a valid cron expression ({e}); expected `sec min hour day-of-month month day-of-week [year]`, 5 fields without seconds, or @yearly/@monthly/@weekly/@daily/@hourly"),
-            )
-        })?;
-        let hours_all = schedule.hours().is_all();
+        let cron = parser()
+            .parse(expr)
+            .map_err(|e| ("cron".to_string(), explain(expr, &e)))?;
+        let hours_all = (0..24).all(|h| cron.pattern.hour_match(h).unwrap_or(false));
         let spec = Self {
-            schedule,
+            cron,
             tz,
             hours_all,
         };
@@ -112,12 +174,14 @@ impl CronSpec {
         }
     }
 
-    /// Wall-clock candidates strictly after `local`, from the cron crate (evaluated on a
-    /// zone-less clock: UTC standing in for the naive local time).
+    /// Wall-clock candidates strictly after `local` (croner on a zone-less clock).
     fn local_after(&self, local: NaiveDateTime) -> impl Iterator<Item = NaiveDateTime> + '_ {
-        self.schedule
-            .after(&Utc.from_utc_datetime(&local))
-            .map(|t| t.naive_utc())
+        let mut cursor = local;
+        std::iter::from_fn(move || {
+            let next = self.cron.find_next_occurrence(&cursor, false).ok()?;
+            cursor = next;
+            Some(next)
+        })
     }
 
     /// The first fire time strictly after `after`.
@@ -295,6 +359,134 @@ mod tests {
             s.next_after(utc("2025-01-01T10:16:00Z")),
             Some(utc("2025-01-01T10:30:00Z")) // +05:30: 16:00 local
         );
+    }
+
+    /// The next `n` fire times after Saturday 2025-05-31 12:00 UTC, as `Www YYYY-MM-DD HH:MM`.
+    fn days(expr: &str, n: usize) -> Vec<String> {
+        let s = spec(expr, "UTC");
+        s.upcoming(utc("2025-05-31T12:00:00Z"), n)
+            .iter()
+            .map(|t| t.format("%a %Y-%m-%d %H:%M").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn day_of_week_numbers_follow_posix_cron_in_5_and_6_fields() {
+        let weekdays = [
+            "Mon 2025-06-02 09:00",
+            "Tue 2025-06-03 09:00",
+            "Wed 2025-06-04 09:00",
+            "Thu 2025-06-05 09:00",
+            "Fri 2025-06-06 09:00",
+            "Mon 2025-06-09 09:00",
+        ];
+        for expr in [
+            "0 9 * * 1-5",
+            "0 0 9 * * 1-5",
+            "0 9 * * MON-FRI",
+            "0 0 9 * * mon-fri",
+            "0 9 * * 1,2,3,4,5",
+            "0 9 * * Mon,Tue,Wed,Thu,Fri",
+        ] {
+            assert_eq!(days(expr, 6), weekdays, "{expr}");
+        }
+        let sundays = ["Sun 2025-06-01 09:00", "Sun 2025-06-08 09:00"];
+        for expr in [
+            "0 9 * * 0",
+            "0 9 * * 7",
+            "0 9 * * SUN",
+            "0 0 9 * * 0",
+            "0 0 9 * * 7",
+            "0 0 9 * * SUN",
+        ] {
+            assert_eq!(days(expr, 2), sundays, "{expr}");
+        }
+        assert_eq!(
+            days("0 9 * * 1", 2),
+            ["Mon 2025-06-02 09:00", "Mon 2025-06-09 09:00"]
+        );
+        assert_eq!(
+            days("0 0 9 * * 6", 2),
+            ["Sat 2025-06-07 09:00", "Sat 2025-06-14 09:00"]
+        );
+        // Ranges ending on Sunday: 5-7 and FRI-SUN are Friday to Sunday.
+        let weekend = [
+            "Sun 2025-06-01 09:00",
+            "Fri 2025-06-06 09:00",
+            "Sat 2025-06-07 09:00",
+            "Sun 2025-06-08 09:00",
+        ];
+        for expr in [
+            "0 9 * * 5-7",
+            "0 9 * * FRI-SUN",
+            "0 0 9 * * 5-7",
+            "0 9 * * 0,5,6",
+        ] {
+            assert_eq!(days(expr, 4), weekend, "{expr}");
+        }
+        // Steps over the week: 0-6/2 = Sunday, Tuesday, Thursday, Saturday.
+        assert_eq!(
+            days("0 9 * * 0-6/2", 4),
+            [
+                "Sun 2025-06-01 09:00",
+                "Tue 2025-06-03 09:00",
+                "Thu 2025-06-05 09:00",
+                "Sat 2025-06-07 09:00",
+            ]
+        );
+        // With a year (7 fields): the first Monday of 2026.
+        assert_eq!(days("0 0 9 * * 1 2026", 1), ["Mon 2026-01-05 09:00"]);
+        // Nth and last weekday: the second Monday, the last Friday.
+        assert_eq!(days("0 9 * * 1#2", 1), ["Mon 2025-06-09 09:00"]);
+        assert_eq!(days("0 9 * * 5L", 1), ["Fri 2025-06-27 09:00"]);
+    }
+
+    #[test]
+    fn day_of_month_and_day_of_week_both_restricted_fire_on_either() {
+        // As in cron: the 13th of each month and every Friday.
+        assert_eq!(
+            days("0 9 13 * 5", 4),
+            [
+                "Fri 2025-06-06 09:00",
+                "Fri 2025-06-13 09:00",
+                "Fri 2025-06-20 09:00",
+                "Fri 2025-06-27 09:00",
+            ]
+        );
+        assert_eq!(
+            days("0 9 13 7 5", 2),
+            ["Fri 2025-07-04 09:00", "Fri 2025-07-11 09:00"]
+        );
+        assert_eq!(days("0 9 13 * *", 1), ["Fri 2025-06-13 09:00"]);
+    }
+
+    #[test]
+    fn invalid_fields_are_named_with_their_range() {
+        for (expr, says) in [
+            ("61 * * * *", "minute `61` is not valid"),
+            ("0 61 * * * *", "minute `61` is not valid"),
+            ("61 * * * * *", "second `61` is not valid"),
+            ("0 24 * * *", "hour `24` is not valid"),
+            ("0 9 32 * *", "day of month `32` is not valid"),
+            ("0 9 * 13 *", "month `13` is not valid"),
+            ("0 9 * * 8", "day of week `8` is not valid"),
+            ("0 9 * * 6-0", "day of week `6-0` is not valid"),
+            ("0 9 * * MON-XYZ", "day of week `MON-XYZ` is not valid"),
+            ("*/0 * * * *", "minute `*/0` is not valid"),
+            ("0 9 * *", "expected 5 fields"),
+            ("@reboot", "expected 5 fields"),
+        ] {
+            let (key, msg) = CronSpec::parse(expr, "UTC").unwrap_err();
+            assert_eq!(key, "cron");
+            assert!(msg.contains(says), "{expr}: {msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+        let (_, msg) = CronSpec::parse("61 * * * *", "UTC").unwrap_err();
+        assert!(msg.contains("0-59"), "{msg}");
+        let (_, msg) = CronSpec::parse("0 9 * * 8", "UTC").unwrap_err();
+        assert!(msg.contains("0-7") && msg.contains("Sunday"), "{msg}");
+        let (_, msg) = CronSpec::parse("0 0 30 2 *", "UTC").unwrap_err();
+        assert!(msg.contains("never fires"), "{msg}");
     }
 
     #[test]

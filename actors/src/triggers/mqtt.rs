@@ -9,7 +9,9 @@
 //!   (the source is told either way; MQTT has no negative ack). With a persistent session
 //!   (v3: `clean_session = false`; v5: `clean_start = false` and a `session_expiry`; a fixed
 //!   `client_id`) a message not acknowledged when millgate dies is redelivered by the broker
-//!   after the restart.
+//!   after the restart. Acks are written as soon as their jobs settle: a task of its own polls
+//!   the connection (`mqtt/pump.rs`), so after a crash only messages whose jobs were still
+//!   running, or whose ack was on its way, run again.
 //! - QoS 0: the broker never redelivers, so a message counts as received once its jobs are
 //!   durably queued.
 //!
@@ -25,7 +27,7 @@
 //!
 //! The two versions differ only in how a connection is driven (`Link`: options, packets,
 //! reason codes) and how a message is turned into an event; intake and acknowledgement
-//! (`take`, `Ack`) are shared.
+//! (`mqtt/pump.rs`, `Ack`) are shared.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -47,11 +49,10 @@ use rumqttc::v5::mqttbytes::v5 as v5p;
 use rumqttc::{ConnectReturnCode, Event as MqttEvent, Packet, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
 
-use super::{Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime};
-use crate::event::Event;
-use crate::router::AckHandle;
+use super::{SourceArgs, StopSignal as Stop, TriggerRuntime};
+
+mod pump;
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -649,6 +650,8 @@ enum Incoming {
     /// Every subscription sent has been granted.
     Subscribed,
     Message(Box<Message>),
+    /// Our DISCONNECT went out (after every request queued before it, acks included).
+    Closed,
     Nothing,
 }
 
@@ -670,12 +673,15 @@ struct Link {
 }
 
 impl Link {
-    fn open(cfg: &MqttConfig, trigger: &str) -> Result<Self, String> {
+    /// `receive_maximum`: v5 only, how many QoS 1/2 messages the broker may have sent and not
+    /// yet seen acknowledged.
+    fn open(cfg: &MqttConfig, trigger: &str, receive_maximum: u16) -> Result<Self, String> {
         let transport = cfg.transport()?;
         let capacity = 256;
         let conn = if cfg.version == 5 {
             let mut opts = cfg.options_v5(trigger);
             opts.set_transport(transport);
+            opts.set_receive_maximum(Some(receive_maximum.max(1)));
             let (client, events) = v5::AsyncClient::new(opts, capacity);
             Conn::V5(client, Box::new(events))
         } else {
@@ -738,6 +744,7 @@ impl Link {
                     MqttEvent::Incoming(Packet::Disconnect) => {
                         return Err(format!("MQTT broker {at} disconnected us"));
                     }
+                    MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect) => Incoming::Closed,
                     _ => Incoming::Nothing,
                 })
             }
@@ -785,6 +792,7 @@ impl Link {
                     v5::Event::Incoming(v5p::Packet::Disconnect(d)) => {
                         return Err(disconnected_v5(at, d.reason_code, None));
                     }
+                    v5::Event::Outgoing(rumqttc::Outgoing::Disconnect) => Incoming::Closed,
                     _ => Incoming::Nothing,
                 })
             }
@@ -815,10 +823,27 @@ impl Link {
         }
     }
 
-    fn disconnect(&self) {
-        let _ = match &self.conn {
-            Conn::V3(client, _) => client.try_disconnect().map_err(|e| e.to_string()),
-            Conn::V5(client, _) => client.try_disconnect().map_err(|e| e.to_string()),
+    /// A handle that asks this connection to close, from outside the task polling it.
+    fn closer(&self) -> Closer {
+        match &self.conn {
+            Conn::V3(client, _) => Closer::V3(client.clone()),
+            Conn::V5(client, _) => Closer::V5(client.clone()),
+        }
+    }
+}
+
+enum Closer {
+    V3(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Closer {
+    /// Queues a DISCONNECT behind the requests already queued (acks), for the polling task
+    /// to write; it ends once it is out.
+    fn close(&self) {
+        let _ = match self {
+            Closer::V3(client) => client.try_disconnect().map_err(|e| e.to_string()),
+            Closer::V5(client) => client.try_disconnect().map_err(|e| e.to_string()),
         };
     }
 }
@@ -963,7 +988,7 @@ impl Actor for MqttTrigger {
         let me = myself.clone();
         let (stop, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            if let Err(e) = run(&args, Stop(rx)).await {
+            if let Err(e) = pump::run(&args, Stop(rx)).await {
                 set_status(&args.runtime, json!({"connected": false, "error": e}));
                 let _ = me.cast(MqttMsg::Lost(e));
             }
@@ -997,120 +1022,6 @@ fn set_status(rt: &TriggerRuntime, v: Value) {
     if let Ok(mut s) = rt.source_status.lock() {
         *s = v;
     }
-}
-
-async fn run(args: &SourceArgs, mut stop: Stop) -> Result<(), String> {
-    let rt = &args.runtime;
-    let super::TriggerSpec::Mqtt(cfg) = &rt.config.spec else {
-        return Err("not an mqtt trigger".into());
-    };
-    set_status(rt, json!({"connected": false, "subscribed": false}));
-    let mut link = Link::open(cfg, rt.name())?;
-    let mut session_present = false;
-    loop {
-        let Some(polled) = stop.or(link.next(rt.name())).await else {
-            link.disconnect();
-            return Ok(());
-        };
-        // Any connection error ends this actor; the supervisor reconnects with backoff.
-        match polled? {
-            Incoming::Connected {
-                session_present: present,
-            } => {
-                session_present = present;
-                set_status(
-                    rt,
-                    json!({"connected": true, "subscribed": false, "session_present": session_present}),
-                );
-                link.subscribe(&cfg.subscriptions).await?;
-            }
-            Incoming::Subscribed => {
-                tracing::info!(trigger = rt.name(), broker = %link.at, version = cfg.version, session_present, "mqtt subscribed");
-                set_status(
-                    rt,
-                    json!({"connected": true, "subscribed": true, "session_present": session_present}),
-                );
-            }
-            Incoming::Message(m) => {
-                if stop.or(rt.wait_for_capacity()).await.is_none() {
-                    // Unacknowledged: a persistent session gets it again; QoS 0 is lost.
-                    tracing::warn!(trigger = rt.name(), topic = %m.topic, "trigger stopped while full; message not taken");
-                    return Ok(());
-                }
-                take(args, *m).await?;
-            }
-            Incoming::Nothing => {}
-        }
-    }
-}
-
-/// Turns one message into jobs and arranges its ack. Errors that mean the trigger cannot go on
-/// (store or router down) fail the actor; the message stays unacknowledged.
-async fn take(args: &SourceArgs, m: Message) -> Result<(), String> {
-    let rt = &args.runtime;
-    let Message {
-        topic,
-        qos,
-        event,
-        defect,
-        ack,
-    } = m;
-    let event = Event::unique("mqtt", event).with_defect(defect);
-    let event_id = event.id.clone();
-    if qos == 0 {
-        // Nothing to acknowledge: received once accept() has flushed the jobs to disk.
-        // A refused message becomes a dead letter with its reason (written by the intake).
-        return match args.intake.accept(rt, event, |_| AckHandle::none()).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("could not accept a message: {e}")),
-        };
-    }
-    let (tx, settled) = mpsc::unbounded_channel::<()>();
-    let accepted = args
-        .intake
-        .accept(rt, event, |_| {
-            let tx = tx.clone();
-            AckHandle::on_settle(move |_outcome| {
-                let _ = tx.send(());
-            })
-        })
-        .await;
-    drop(tx);
-    match accepted {
-        Ok(Accepted::Queued(ids)) => {
-            tokio::spawn(ack_when_settled(ack, topic, ids.len(), settled));
-        }
-        // Already durable (parked, or a dead letter recording why it cannot run) or nothing to
-        // run: done as far as the broker is concerned.
-        Ok(
-            Accepted::Parked(_)
-            | Accepted::Duplicate(_)
-            | Accepted::Filtered
-            | Accepted::DeadLettered(_),
-        ) => {
-            ack.send(&topic, &event_id).await;
-        }
-        Err(e) => return Err(format!("could not accept a message: {e}")),
-    }
-    Ok(())
-}
-
-/// Acknowledges once every job of the message has a durable outcome (success or dead letter).
-/// A handle dropped unsettled leaves the message unacknowledged, for the broker to redeliver
-/// to the next connection of a persistent session.
-async fn ack_when_settled(
-    ack: Ack,
-    topic: String,
-    jobs: usize,
-    mut settled: mpsc::UnboundedReceiver<()>,
-) {
-    for _ in 0..jobs {
-        if settled.recv().await.is_none() {
-            tracing::info!(topic = %topic, pkid = ack.pkid(), "a job ended without a durable outcome; message left unacknowledged for redelivery");
-            return;
-        }
-    }
-    ack.send(&topic, "settled").await;
 }
 
 #[cfg(test)]

@@ -15,6 +15,10 @@
 //! and is retried with the trigger's retry backoff; malformed output (not an object, `items`
 //! not an array) is logged, counted as `malformed_polls`, and leaves the state as it was. A
 //! missing `state` key keeps the saved state.
+//!
+//! A state set through the admin API while a poll runs wins: the poll saves its new state only
+//! if nobody wrote since it read the old one (the store's revision), otherwise its items are
+//! queued as usual, its new state is dropped and the next poll starts from the value set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +167,9 @@ impl TimedState {
         };
         let name = self.name().to_string();
         let store = self.source.intake.store.clone();
-        let saved = store.source_state(&name)?.unwrap_or(Value::Null);
+        // The revision read with the state: an operator's write while the poll runs wins.
+        let (saved, revision) = store.source_state_at(&name)?;
+        let saved = saved.unwrap_or(Value::Null);
         let ctx = RunContext {
             job_id: JobId::new(),
             trigger: name.clone(),
@@ -249,8 +255,13 @@ impl TimedState {
         }
         crate::chaos::crash_point("poll_before_state_save");
         if let Some(new_state) = new_state {
-            if new_state != saved {
-                store.put_source_state(&name, &new_state).await?;
+            if new_state != saved
+                && !store
+                    .put_source_state_if(&name, revision, &new_state)
+                    .await?
+            {
+                tracing::info!(trigger = %name, "the state was set while the poll ran; that value stays and the poll's new state is dropped");
+                self.bump("state_overridden", 1);
             }
         }
         tracing::info!(trigger = %name, items = n, "poll done");

@@ -6,10 +6,10 @@
 //! args; the default mapping makes them the job's args). Event id: `schedule:<trigger>:<fire
 //! time in UTC>`, so a redelivered fire time is deduplicated.
 //!
-//! Saved state (sled tree `source_state`): `{"last_fire": <RFC 3339>, "paused": bool}`. The
-//! fire time is written after its jobs are durably queued: a crash in between makes the restart
-//! owe it again, and that second firing is dropped by the dedup tree (same event id), so a fire
-//! time is neither lost nor repeated.
+//! Saved state (sled tree `source_state`, see `schedule/state.rs`): `{"last_fire": <RFC 3339>,
+//! "paused": bool}`. The fire time is written after its jobs are durably queued: a crash in
+//! between makes the restart owe it again, and that second firing is dropped by the dedup tree
+//! (same event id), so a fire time is neither lost nor repeated.
 
 use std::time::Duration;
 
@@ -24,6 +24,10 @@ use super::{Accepted, SourceArgs};
 use crate::event::Event;
 use crate::job::JobOutcome;
 use crate::router::AckHandle;
+
+mod state;
+use state::advance;
+pub use state::ScheduleState;
 
 /// What to do with a fire time while the previous run is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -86,33 +90,6 @@ impl ScheduleConfig {
 
     pub fn endpoint(&self) -> String {
         format!("cron `{}` ({})", self.cron, self.timezone)
-    }
-}
-
-/// The saved state of a schedule trigger.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleState {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_fire: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub paused: bool,
-}
-
-impl ScheduleState {
-    /// Reads the saved state; a value that does not parse is an error naming the trigger, so
-    /// that an operator's bad `PUT` is not silently replaced.
-    pub fn parse(trigger: &str, v: Option<Value>) -> Result<Self, String> {
-        match v {
-            None | Some(Value::Null) => Ok(Self::default()),
-            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
-                format!(
-                    "saved state of schedule `{trigger}` is invalid: {}: {}",
-                    e.path(),
-                    e.inner()
-                )
-            }),
-        }
     }
 }
 
@@ -323,25 +300,6 @@ impl TimedState {
         myself.send_after(delay, move || TimedMsg::Fire(at));
     }
 
-    fn load_schedule_state(&self) -> Result<ScheduleState, ActorProcessingErr> {
-        let v = self.source.intake.store.source_state(self.name())?;
-        Ok(ScheduleState::parse(self.name(), v)?)
-    }
-
-    async fn save_schedule_state(&self, s: &ScheduleState) -> Result<(), ActorProcessingErr> {
-        let v = serde_json::to_value(s)?;
-        self.source
-            .intake
-            .store
-            .put_source_state(self.name(), &v)
-            .await?;
-        self.status(|st| {
-            st["last_fire"] = json!(s.last_fire.map(rfc3339));
-            st["paused"] = json!(s.paused);
-        });
-        Ok(())
-    }
-
     /// Runs the fire times missed while millgate was down: those within `window` once each,
     /// oldest first (whatever `overlap` says: they are owed); older ones are counted as missed.
     async fn catch_up(
@@ -351,18 +309,15 @@ impl TimedState {
         window: Duration,
     ) -> Result<(), ActorProcessingErr> {
         let saved = self.load_schedule_state()?;
-        self.status(|s| {
-            s["last_fire"] = json!(saved.last_fire.map(rfc3339));
-            s["paused"] = json!(saved.paused);
-        });
+        self.show_schedule_state(&saved);
         let Some(last) = saved.last_fire else {
             // First start: nothing is owed yet. Anchor the schedule now, so that a crash
             // before the first fire time is saved still leaves the restart owing it.
-            let anchored = ScheduleState {
-                last_fire: Some(now),
-                paused: saved.paused,
-            };
-            return self.save_schedule_state(&anchored).await;
+            self.update_schedule_state(|s| {
+                s.last_fire.get_or_insert(now);
+            })
+            .await?;
+            return Ok(());
         };
         let horizon = now - chrono::Duration::from_std(window).unwrap_or_default();
         let mut missed = 0u64;
@@ -420,11 +375,8 @@ impl TimedState {
             if saved.paused {
                 tracing::info!(trigger = self.name(), at = %rfc3339(at), "paused after a failed run; fire time skipped");
                 self.bump("skipped_paused", 1);
-                let s = ScheduleState {
-                    last_fire: Some(at),
-                    paused: true,
-                };
-                return self.save_schedule_state(&s).await;
+                self.update_schedule_state(|s| advance(s, at)).await?;
+                return Ok(());
             }
         }
         if self.running > 0 {
@@ -449,9 +401,7 @@ impl TimedState {
     /// Records a fire time that was decided on without a job, so a restart does not owe it.
     async fn consumed(&self, at: DateTime<Utc>) -> Result<(), ActorProcessingErr> {
         if matches!(self.work, Work::Schedule(_)) {
-            let mut s = self.load_schedule_state()?;
-            s.last_fire = Some(at);
-            self.save_schedule_state(&s).await?;
+            self.update_schedule_state(|s| advance(s, at)).await?;
         }
         Ok(())
     }
@@ -527,14 +477,9 @@ impl TimedState {
             .map_err(|e| format!("fire time {} not accepted: {e}", rfc3339(at)))?;
         tracing::info!(trigger = self.name(), at = %rfc3339(at), catch_up, result = ?accepted, "schedule fired");
         self.track(&accepted);
-        let previous = self.load_schedule_state()?;
-        let next = ScheduleState {
-            // A buffered fire time runs after later ones were already skipped (and saved):
-            // the saved time never goes back, or a restart would owe those again.
-            last_fire: Some(previous.last_fire.map_or(at, |l| l.max(at))),
-            paused: previous.paused,
-        };
-        self.save_schedule_state(&next).await
+        // A buffered fire time runs after later ones were already skipped (and saved).
+        self.update_schedule_state(|s| advance(s, at)).await?;
+        Ok(())
     }
 
     /// A job of this trigger failed for good: pause if the trigger says so.
@@ -545,14 +490,12 @@ impl TimedState {
         if !cfg.pause_on_failure {
             return Ok(());
         }
-        let mut s = self.load_schedule_state()?;
-        if !s.paused {
+        if !self.load_schedule_state()?.paused {
             tracing::warn!(
                 trigger = self.name(),
                 "a scheduled run failed; pausing (set `paused` to false in the trigger's state to resume)"
             );
-            s.paused = true;
-            self.save_schedule_state(&s).await?;
+            self.update_schedule_state(|s| s.paused = true).await?;
         }
         Ok(())
     }
