@@ -1,4 +1,5 @@
-//! Verification of HMAC signatures: GitHub, Stripe, Slack and custom senders.
+//! Verification of HMAC signatures: GitHub, Stripe, Slack, Standard Webhooks and custom
+//! senders.
 
 use super::*;
 
@@ -67,6 +68,9 @@ impl SignatureAuth {
                 accept_signature(given.as_slice().ct_eq(&expected))?;
                 check_timestamp(timestamp, now_unix, self.tolerance())
             }
+            SignaturePreset::StandardWebhooks => {
+                verify_standard_webhooks(&self.secret, headers, body, now_unix, self.tolerance())
+            }
             SignaturePreset::Custom => {
                 let header = self.header.as_deref().ok_or_else(|| {
                     AuthError::Misconfigured("auth.header is required for preset custom".into())
@@ -113,7 +117,9 @@ impl SignatureAuth {
             }
         }
         match self.preset {
-            SignaturePreset::Stripe | SignaturePreset::Slack => {
+            SignaturePreset::Stripe
+            | SignaturePreset::Slack
+            | SignaturePreset::StandardWebhooks => {
                 if self.tolerance.is_some_and(|t| t.as_secs() == 0) {
                     return Err("auth.tolerance must be at least one second".into());
                 }
@@ -121,10 +127,14 @@ impl SignatureAuth {
             SignaturePreset::Github | SignaturePreset::Custom => {
                 if self.tolerance.is_some() {
                     return Err(
-                        "auth.tolerance is only allowed with presets stripe and slack".into(),
+                        "auth.tolerance is only allowed with presets stripe, slack and standard_webhooks"
+                            .into(),
                     );
                 }
             }
+        }
+        if self.preset == SignaturePreset::StandardWebhooks {
+            standard_webhooks_key(&self.secret)?;
         }
         if custom {
             let header = self
@@ -137,6 +147,111 @@ impl SignatureAuth {
             }
         }
         Ok(())
+    }
+
+    /// The headers the preset needs, checked before the body is read.
+    pub(super) fn required_headers(&self) -> Vec<&str> {
+        match self.preset {
+            SignaturePreset::Github => vec![GITHUB_SIGNATURE],
+            SignaturePreset::Stripe => vec![STRIPE_SIGNATURE],
+            SignaturePreset::Slack => vec![SLACK_TIMESTAMP, SLACK_SIGNATURE],
+            SignaturePreset::StandardWebhooks => vec![SW_ID, SW_TIMESTAMP, SW_SIGNATURE],
+            SignaturePreset::Custom => self.header.as_deref().into_iter().collect(),
+        }
+    }
+
+    /// The sender's id of this delivery, the same when the same event is sent again: GitHub's
+    /// `X-GitHub-Delivery`, Stripe's event `id`, Slack's `event_id` (else the signed timestamp
+    /// and signature, which identify one signed request), Standard Webhooks' `webhook-id`.
+    /// Call only on a request whose signature verified.
+    pub(super) fn delivery_id(
+        &self,
+        headers: &HeaderMap,
+        event: &serde_json::Value,
+    ) -> Option<String> {
+        let header = |name: &str| -> Option<String> {
+            single_header(headers, name, name)
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let body_field = |field: &str| -> Option<String> {
+            event
+                .get("body")?
+                .get(field)?
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match self.preset {
+            SignaturePreset::Github => header(GITHUB_DELIVERY),
+            SignaturePreset::Stripe => body_field("id").or_else(|| header(STRIPE_SIGNATURE)),
+            SignaturePreset::Slack => body_field("event_id").or_else(|| {
+                Some(format!(
+                    "{}:{}",
+                    header(SLACK_TIMESTAMP)?,
+                    header(SLACK_SIGNATURE)?
+                ))
+            }),
+            SignaturePreset::StandardWebhooks => header(SW_ID),
+            SignaturePreset::Custom => None,
+        }
+    }
+}
+
+/// Standard Webhooks (standardwebhooks.com): `webhook-signature` holds space-separated
+/// `v1,<base64>` entries, HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` keyed with
+/// the secret's bytes. Several entries come while a secret is being rolled.
+fn verify_standard_webhooks(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now_unix: i64,
+    tolerance: Duration,
+) -> Result<(), AuthError> {
+    let key = standard_webhooks_key(secret).map_err(AuthError::Misconfigured)?;
+    let id = required_header(headers, SW_ID)?;
+    let ts_text = required_header(headers, SW_TIMESTAMP)?;
+    let timestamp = parse_unix(ts_text)
+        .ok_or_else(|| malformed(SW_TIMESTAMP, "expected a Unix timestamp in seconds"))?;
+    let value = required_header(headers, SW_SIGNATURE)?;
+    let expected = compute_hmac(
+        SignatureAlgorithm::Sha256,
+        &key,
+        &[id.as_bytes(), b".", ts_text.as_bytes(), b".", body],
+    )?;
+    let mut saw_v1 = false;
+    let mut any = Choice::from(0);
+    // Every entry is compared, without stopping at a match, as for Stripe.
+    for entry in value.split(' ').filter(|e| !e.is_empty()) {
+        // Other versions (`v1a`, asymmetric) are not HMAC and are skipped.
+        let Some(("v1", encoded)) = entry.split_once(',') else {
+            continue;
+        };
+        saw_v1 = true;
+        if let Ok(given) = STANDARD_LENIENT.decode(encoded) {
+            any |= given.as_slice().ct_eq(&expected);
+        }
+    }
+    if !saw_v1 {
+        return Err(malformed(
+            SW_SIGNATURE,
+            "expected space-separated v1,<base64> signatures",
+        ));
+    }
+    accept_signature(any)?;
+    check_timestamp(timestamp, now_unix, tolerance)
+}
+
+/// The HMAC key of a Standard Webhooks secret: `whsec_` (optional) then base64.
+fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    match STANDARD_LENIENT.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(key),
+        _ => Err(
+            "auth.secret must be a Standard Webhooks secret: `whsec_` followed by base64".into(),
+        ),
     }
 }
 

@@ -823,7 +823,7 @@ fn validate_messages() {
     s.tolerance = Some(Duration::from_secs(5));
     assert_eq!(
         err(HttpAuth::Signature(s)),
-        "auth.tolerance is only allowed with presets stripe and slack"
+        "auth.tolerance is only allowed with presets stripe, slack and standard_webhooks"
     );
     let mut s = sig(SignaturePreset::Slack, "s");
     s.tolerance = Some(Duration::from_millis(500));
@@ -933,4 +933,62 @@ fn extreme_timestamps_do_not_overflow() {
     assert!(check_timestamp(i64::MAX, i64::MIN, DEFAULT_TOLERANCE).is_err());
     assert!(check_timestamp(0, i64::MAX, DEFAULT_TOLERANCE).is_err());
     assert!(check_timestamp(5, 5, Duration::from_secs(u64::MAX)).is_ok());
+}
+
+// ---- Standard Webhooks ----
+
+fn standard_webhooks() -> HttpAuth {
+    HttpAuth::Signature(sig(
+        SignaturePreset::StandardWebhooks,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ))
+}
+
+/// The example of the Standard Webhooks specification's reference libraries.
+const SW_TS: i64 = 1_614_265_330;
+const SW_BODY: &[u8] = br#"{"test": 2432232314}"#;
+const SW_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+fn sw_headers(signature: &str) -> HeaderMap {
+    headers(&[
+        ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+        ("webhook-timestamp", "1614265330"),
+        ("webhook-signature", signature),
+    ])
+}
+
+#[test]
+fn standard_webhooks_reference_example_and_rolled_secrets() {
+    let auth = standard_webhooks();
+    assert_eq!(auth.validate(), Ok(()));
+    assert_eq!(auth.verify(&sw_headers(SW_SIG), SW_BODY, SW_TS), Ok(()));
+    // Several entries, other versions among them: one v1 match is enough.
+    let several = format!("v1a,AAAA v1,{} {SW_SIG}", STANDARD.encode([0u8; 32]));
+    assert_eq!(auth.verify(&sw_headers(&several), SW_BODY, SW_TS), Ok(()));
+    assert_eq!(
+        auth.verify(&sw_headers(SW_SIG), br#"{"test": 1}"#, SW_TS),
+        Err(AuthError::SignatureMismatch)
+    );
+    assert!(matches!(
+        auth.verify(&sw_headers(SW_SIG), SW_BODY, SW_TS + 301),
+        Err(AuthError::TimestampOutsideTolerance { .. })
+    ));
+    assert_eq!(
+        malformed_header(
+            auth.verify(&sw_headers("v2,abc"), SW_BODY, SW_TS)
+                .unwrap_err()
+        ),
+        "webhook-signature"
+    );
+    let missing = headers(&[("webhook-id", "m")]);
+    assert_eq!(
+        auth.verify_head(&missing, SW_TS),
+        Err(AuthError::MissingHeader("webhook-timestamp".into()))
+    );
+    assert_eq!(
+        auth.delivery_id(&sw_headers(SW_SIG), &serde_json::Value::Null),
+        Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into())
+    );
+    let bad = HttpAuth::Signature(sig(SignaturePreset::StandardWebhooks, "whsec_!!"));
+    assert!(bad.validate().unwrap_err().contains("whsec_"));
 }
