@@ -80,4 +80,16 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     done
     (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null || { echo "services.sh: tansu did not start (see /tmp/millgate-tansu.log)" >&2; exit 1; }
 fi
+# The official Standard Webhooks signer for tests/signatures.rs, in a venv it finds at the same path.
+PYENV="${MILLGATE_PYENV:-$HOME/.cache/millgate/pyenv}"
+if ! "$PYENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        echo "services.sh: installing python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
+    fi
+    echo "services.sh: pip install standardwebhooks into $PYENV"
+    python3 -m venv "$PYENV"
+    "$PYENV/bin/pip" install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
+fi
 echo "services.sh: ready"

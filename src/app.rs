@@ -50,18 +50,15 @@ impl App {
             reason: e.to_string(),
         })?;
         let router = admin::router(admin::AdminState::new(&service, admin_config.token));
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Same header/idle timeouts and connection cap as the webhook listener, counted together.
+        let server = tokio::spawn(millgate_actors::ingress::listener::serve(
+            listener,
+            router,
+            service.connections.clone(),
+            "admin",
+            stop_rx,
+        ));
         tracing::info!(%addr, "admin API and dashboard listening");
         Ok(Self {
             service,

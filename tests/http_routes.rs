@@ -590,7 +590,8 @@ async fn stripe_signature() {
     let m = error_message(&resp, "unauthorized");
     assert!(m.contains("Stripe-Signature"), "{m}");
 
-    assert_eq!(t.jobs_of("stripe").len(), 2);
+    // Both genuine deliveries carry the event `evt_1`: one job.
+    assert_eq!(t.jobs_of("stripe").len(), 1);
     t.stop().await;
 }
 
@@ -729,15 +730,23 @@ auth = {{ type = "signature", preset = "github", secret = "gh" }}
     let (status, body) = send(t.client.get(format!("{job_url}?token=s3cret-token"))).await;
     assert_eq!(status, 401, "{body}");
 
-    let unknown = uuid::Uuid::now_v7();
-    let (status, body) = send(
-        t.client
-            .get(t.url(&format!("/jobs/{unknown}")))
-            .bearer_auth("s3cret-token"),
-    )
-    .await;
-    assert_eq!(status, 404, "{body}");
-    error_message(&body, "not_found");
+    // A job that does not exist gets the answer a job these credentials cannot read gets,
+    // with or without credentials: the endpoint tells nobody which ids exist.
+    let (_, refused) = send(t.client.get(&job_url)).await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let unknown_url = t.url(&format!("/jobs/{unknown}"));
+    let same_as_refused = |status: u16, body: &Value| {
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(
+            body.to_string().replace(&unknown, &id),
+            refused.to_string(),
+            "a missing job is told apart from an unreadable one"
+        );
+    };
+    let (status, body) = send(t.client.get(&unknown_url)).await;
+    same_as_refused(status, &body);
+    let (status, body) = send(t.client.get(&unknown_url).bearer_auth("s3cret-token")).await;
+    same_as_refused(status, &body);
 
     let (status, body) = send(t.client.get(t.url("/jobs/not-a-job-id"))).await;
     assert_eq!(status, 400, "{body}");
@@ -762,5 +771,210 @@ auth = {{ type = "signature", preset = "github", secret = "gh" }}
     )
     .await;
     assert_eq!(status, 401, "{body}");
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replays: a delivery sent again makes no new job
+
+const REPLAY_ROUTES: &str = r#"
+[[triggers]]
+name = "github"
+kind = "http"
+path = "/gh"
+runnable = "echo"
+auth = { type = "signature", preset = "github", secret = "gh-secret" }
+
+[[triggers]]
+name = "stripe"
+kind = "http"
+path = "/stripe"
+runnable = "echo"
+auth = { type = "signature", preset = "stripe", secret = "whsec_test" }
+
+[[triggers]]
+name = "slack"
+kind = "http"
+path = "/slack"
+runnable = "echo"
+auth = { type = "signature", preset = "slack", secret = "slack-secret" }
+
+[[triggers]]
+name = "sw"
+kind = "http"
+path = "/sw"
+runnable = "echo"
+auth = { type = "signature", preset = "standard_webhooks", secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }
+
+[[triggers]]
+name = "keyed"
+kind = "http"
+path = "/keyed"
+runnable = "echo"
+dedup_key = ".body.order"
+"#;
+
+/// A first delivery is queued (202); the same delivery again is answered with the first one's
+/// jobs and `duplicate: true`.
+async fn assert_replay_is_duplicate(first: (u16, Value), again: (u16, Value)) {
+    let (status, body) = first;
+    assert_eq!(status, 202, "{body}");
+    let (status, dup) = again;
+    assert_eq!(status, 200, "{dup}");
+    assert_eq!(dup["duplicate"], true, "{dup}");
+    assert_eq!(dup["job_ids"], body["job_ids"], "{dup}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_stripe_and_slack_replays_make_no_new_job() {
+    let t = TestService::start(&service_config(REPLAY_ROUTES)).await;
+
+    // GitHub: the delivery id; a redelivery has the same one.
+    let body: &'static [u8] = br#"{"action":"opened","number":7}"#;
+    let gh = |delivery: &str| {
+        t.client
+            .post(t.url("/gh"))
+            .header("content-type", "application/json")
+            .header(
+                "X-Hub-Signature-256",
+                format!("sha256={}", hex::encode(hmac_sha256("gh-secret", &[body]))),
+            )
+            .header("X-GitHub-Delivery", delivery.to_string())
+            .body(body)
+    };
+    assert_replay_is_duplicate(send(gh("d-1")).await, send(gh("d-1")).await).await;
+    // Copies arriving together still make one job.
+    let copies = futures::future::join_all((0..20).map(|_| send(gh("d-2")))).await;
+    assert_eq!(
+        copies.iter().filter(|(s, _)| *s == 202).count(),
+        1,
+        "{copies:?}"
+    );
+    assert!(
+        copies
+            .iter()
+            .all(|(s, b)| *s == 202 || b["duplicate"] == true),
+        "{copies:?}"
+    );
+    assert_eq!(t.jobs_of("github").len(), 2);
+
+    // Stripe: the event id, even when Stripe signs the retry anew.
+    let event: &'static [u8] = br#"{"id":"evt_9","type":"charge.succeeded"}"#;
+    let stripe = |ts: i64| {
+        t.client
+            .post(t.url("/stripe"))
+            .header("content-type", "application/json")
+            .header("Stripe-Signature", stripe_header("whsec_test", ts, event))
+            .body(event)
+    };
+    assert_replay_is_duplicate(send(stripe(now() - 60)).await, send(stripe(now())).await).await;
+    assert_eq!(t.jobs_of("stripe").len(), 1);
+
+    // Slack: a slash command has no event id; the same signed request is the same delivery.
+    let command: &'static [u8] = b"team_id=T1&command=%2Fdeploy&text=prod";
+    let (ts, sig) = slack_headers("slack-secret", now(), command);
+    let slack = || {
+        t.client
+            .post(t.url("/slack"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("X-Slack-Request-Timestamp", ts.clone())
+            .header("X-Slack-Signature", sig.clone())
+            .body(command)
+    };
+    assert_replay_is_duplicate(send(slack()).await, send(slack()).await).await;
+    assert_eq!(t.jobs_of("slack").len(), 1);
+
+    // `dedup_key`: any route names what identifies its events.
+    let keyed = |b: Value| t.client.post(t.url("/keyed")).json(&b);
+    assert_replay_is_duplicate(
+        send(keyed(json!({"order": 5, "try": 1}))).await,
+        send(keyed(json!({"order": 5, "try": 2}))).await,
+    )
+    .await;
+    // Without a value there is nothing to deduplicate on.
+    let (s1, _) = send(keyed(json!({"try": 3}))).await;
+    let (s2, _) = send(keyed(json!({"try": 3}))).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(t.jobs_of("keyed").len(), 3);
+    t.stop().await;
+}
+
+/// Signs with the official `standardwebhooks` package (PyPI), installed by scripts/services.sh.
+fn standard_webhooks_sign(secret: &str, id: &str, ts: i64, body: &str) -> String {
+    let venv = std::env::var("MILLGATE_PYENV")
+        .unwrap_or_else(|_| format!("{}/.cache/millgate/pyenv", std::env::var("HOME").unwrap()));
+    let out = std::process::Command::new(format!("{venv}/bin/python"))
+        .args([
+            "-c",
+            "import sys, datetime\n\
+             from standardwebhooks.webhooks import Webhook\n\
+             ts = datetime.datetime.fromtimestamp(int(sys.argv[3]), tz=datetime.timezone.utc)\n\
+             print(Webhook(sys.argv[1]).sign(sys.argv[2], ts, sys.argv[4]))",
+            secret,
+            id,
+            &ts.to_string(),
+            body,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{venv}/bin/python: {e}; run scripts/services.sh"));
+    assert!(
+        out.status.success(),
+        "standardwebhooks signing failed (run scripts/services.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_signed_by_the_official_package() {
+    let t = TestService::start(&service_config(REPLAY_ROUTES)).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let body = r#"{"type":"invoice.paid","data":{"id":"in_1"}}"#;
+    let post = |id: &str, ts: i64, signature: String, body: &str| {
+        send(
+            t.client
+                .post(t.url("/sw"))
+                .header("content-type", "application/json")
+                .header("webhook-id", id.to_string())
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body.to_string()),
+        )
+    };
+    let ts = now();
+    let good = standard_webhooks_sign(secret, "msg_1", ts, body);
+    assert!(good.starts_with("v1,"), "{good}");
+    let first = post("msg_1", ts, good.clone(), body).await;
+    // The same message again (a retry carries its id): its first jobs, no new one.
+    assert_replay_is_duplicate(first, post("msg_1", ts, good.clone(), body).await).await;
+
+    // Several signatures while the secret rolls: one that matches is enough.
+    let other = standard_webhooks_sign("whsec_QUJDREVGR0hJSktMTU5PUA==", "msg_2", ts, body);
+    let good2 = standard_webhooks_sign(secret, "msg_2", ts, body);
+    let (status, resp) = post("msg_2", ts, format!("{other} {good2}"), body).await;
+    assert_eq!(status, 202, "{resp}");
+
+    // Another secret, a tampered body, another id under the same signature: refused.
+    let (status, resp) = post("msg_2", ts, other.clone(), body).await;
+    assert_eq!(status, 401, "{resp}");
+    let (status, resp) = post("msg_1", ts, good.clone(), r#"{"type":"invoice.void"}"#).await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(error_message(&resp, "unauthorized").contains("signature"));
+    let (status, resp) = post("msg_9", ts, good.clone(), body).await;
+    assert_eq!(status, 401, "{resp}");
+
+    // Signed correctly, ten minutes ago or ahead: outside the 5-minute tolerance.
+    for skew in [-600, 600] {
+        let old = standard_webhooks_sign(secret, "msg_4", ts + skew, body);
+        let (status, resp) = post("msg_4", ts + skew, old, body).await;
+        assert_eq!(status, 401, "{resp}");
+        let m = error_message(&resp, "unauthorized");
+        assert!(m.contains("tolerance"), "{m}");
+    }
+    // Missing headers are named.
+    let (status, resp) = send(t.client.post(t.url("/sw")).body(body.to_string())).await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(error_message(&resp, "unauthorized").contains("webhook-"));
+    assert_eq!(t.jobs_of("sw").len(), 2);
     t.stop().await;
 }

@@ -455,6 +455,53 @@ runnable = "echo"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_key_makes_one_job_per_key_even_for_simultaneous_copies() {
+    let t = TestService::start(
+        r#"
+[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "orders"
+kind = "webhook"
+runnable = "echo"
+token = "t0k"
+dedup_key = '.body.order_id'
+# A slow preprocessor: copies arriving together are all past the dedup lookup before the first
+# one's jobs are written.
+preprocessor = { command = ["sh", "-c", "sleep 0.3; cat"] }
+"#,
+    )
+    .await;
+    let svc = &t;
+    let post =
+        |body: Value| async move { svc.post_json("/hooks/orders", Some("t0k"), &body).await };
+    let (status, first) = post(json!({"order_id": "o-1", "attempt": 1})).await;
+    assert_eq!(status, 202, "{first}");
+    // A resend by the sender, with a different body but the same key.
+    let (status, again) = post(json!({"order_id": "o-1", "attempt": 2})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["job_ids"], first["job_ids"]);
+    // Ten copies of another order at once: one job.
+    let copies = futures::future::join_all((0..10).map(|_| post(json!({"order_id": "o-2"})))).await;
+    assert_eq!(
+        copies.iter().filter(|(s, _)| *s == 202).count(),
+        1,
+        "{copies:?}"
+    );
+    assert_eq!(t.jobs_of("orders").len(), 2);
+    // Refused as a configuration error when the expression does not compile.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[runnables.echo]\nkind = \"echo\"\n[[triggers]]\nname = \"w\"\nkind = \"webhook\"\nrunnable = \"echo\"\ndedup_key = \".body.[\"\n",
+        common::header(dir.path())
+    );
+    let e = millgate::load_str(&text, "test.toml", |_| None).unwrap_err();
+    assert!(e.to_string().contains("dedup_key"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_trigger_is_503_with_a_clear_body() {
     let t = TestService::start(
         r#"

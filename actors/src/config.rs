@@ -52,6 +52,17 @@ pub struct ServerConfig {
     /// How deeply JSON may nest in anything millgate parses from outside (bodies, messages,
     /// poll results, preprocessor outputs, run results); deeper is refused.
     pub max_json_depth: usize,
+    /// Both listeners: a client must send a request's whole header within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Both listeners: a kept-alive connection without a request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Both listeners together: most connections open at once; at the cap the oldest idle or
+    /// slow connection is closed for a new one.
+    pub max_connections: usize,
+    /// Most bytes of request bodies held in memory at once, across all requests.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +72,10 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             body_limit: 10 * 1024 * 1024,
             sync_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -395,6 +410,26 @@ impl Config {
                 ),
             ));
         }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if d.is_zero() {
+                issues.push(top(key, "must be longer than 0s, like \"10s\"".into()));
+            }
+        }
+        if self.server.max_connections == 0 {
+            issues.push(top("server.max_connections", "must be at least 1".into()));
+        }
+        if self.server.max_buffered_bytes == 0 {
+            issues.push(top(
+                "server.max_buffered_bytes",
+                "must be at least 1".into(),
+            ));
+        }
         if let Some(admin) = &self.admin {
             if admin.listen.parse::<std::net::SocketAddr>().is_err() {
                 issues.push(top(
@@ -593,6 +628,29 @@ mod tests {
             assert!(d3 >= Duration::from_millis(100) && d3 <= Duration::from_millis(200));
             let d9 = p.delay(9);
             assert!(d9 >= Duration::from_millis(200) && d9 <= Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn listener_limits_must_be_above_zero_and_name_their_key() {
+        let mut c = Config::default();
+        c.server.header_read_timeout = Duration::ZERO;
+        c.server.idle_timeout = Duration::ZERO;
+        c.server.max_connections = 0;
+        c.server.max_buffered_bytes = 0;
+        let text: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for key in [
+            "server.header_read_timeout",
+            "server.idle_timeout",
+            "server.max_connections",
+            "server.max_buffered_bytes",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(key)), "{key}: {text:?}");
         }
     }
 

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::ingress::http::{app, IngressState};
+use crate::ingress::connections::{ConnectionLimits, Connections};
+use crate::ingress::http::{app, BodyBudget, IngressState};
 use crate::preprocess::{JqSettings, PreprocessorPool};
 use crate::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
 use crate::runners::{self, Runnable};
@@ -47,6 +48,8 @@ pub struct Service {
     pub started_at: std::time::Instant,
     /// Where the webhook/route listener is bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The open connections of both listeners (the admin listener registers here too).
+    pub connections: Connections,
     root: ActorRef<RootMsg>,
     root_handle: JoinHandle<()>,
     server: JoinHandle<()>,
@@ -185,19 +188,21 @@ impl Service {
             store: store.clone(),
             body_limit: config.server.body_limit,
             sync_timeout: config.server.sync_timeout,
+            budget: BodyBudget::new(config.server.max_buffered_bytes),
         });
-        let (shutdown, mut shutdown_rx) = watch::channel(false);
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = shutdown_rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, ingress)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "ingress listener failed");
-            }
+        let connections = Connections::new(ConnectionLimits {
+            header_read_timeout: config.server.header_read_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
         });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let server = tokio::spawn(crate::ingress::listener::serve(
+            listener,
+            ingress,
+            connections.clone(),
+            "ingress",
+            shutdown_rx,
+        ));
         tracing::info!(%addr, triggers = config.triggers.len(), "millgate listening");
         Ok(Self {
             config,
@@ -211,6 +216,7 @@ impl Service {
             bus,
             started_at: std::time::Instant::now(),
             addr,
+            connections,
             root,
             root_handle,
             server,

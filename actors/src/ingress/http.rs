@@ -16,10 +16,11 @@ use axum::Router;
 use ractor::rpc::CallResult;
 use serde_json::{json, Value};
 
+pub use super::body::BodyBudget;
+use super::body::{read_limited, BodyError};
 use crate::store::Store;
 use crate::supervisor::Registry;
-use crate::triggers::http_auth::HttpAuth;
-use crate::triggers::push::{IncomingRequest, PushMsg, PushResponse};
+use crate::triggers::push::{IncomingRequest, PushKind, PushMsg, PushResponse};
 use crate::triggers::{TriggerSpec, TriggerState};
 
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct IngressState {
     pub store: Store,
     pub body_limit: usize,
     pub sync_timeout: Duration,
+    /// Bytes of request bodies all requests may hold at once.
+    pub budget: BodyBudget,
 }
 
 pub fn app(state: IngressState) -> Router {
@@ -157,7 +160,14 @@ async fn dispatch(
             return reply(r);
         }
     };
-    let incoming = match read_request(req, params, state.body_limit).await {
+    let Some(kind) = entry.runtime.config.spec.push() else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("trigger `{name}` is not served over HTTP"),
+        );
+    };
+    let incoming = match read_request(req, params, state, kind).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -199,24 +209,57 @@ fn sync_timeout_of(spec: &TriggerSpec) -> Duration {
 async fn read_request(
     req: Request,
     params: std::collections::BTreeMap<String, String>,
-    limit: usize,
+    state: &IngressState,
+    kind: &dyn PushKind,
 ) -> Result<IncomingRequest, Response> {
     let (parts, body): (_, Body) = req.into_parts();
-    let too_large = || {
-        err(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body is larger than the limit of {limit} bytes ([server] body_limit)"),
-        )
-    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default();
+    // Credentials that do not depend on the body are checked before a byte of it is read, so
+    // that unauthenticated uploads cost nothing.
+    if let Err(m) = kind.authorize_head(&parts.headers, &query) {
+        return Err(err(StatusCode::UNAUTHORIZED, "unauthorized", m));
+    }
+    let limit = state.body_limit;
     let declared = parts
         .headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let body = match read_limited(body, limit, declared).await {
+    let (body, body_permit) = match read_limited(body, limit, declared, &state.budget).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return Err(too_large()),
+        Err(BodyError::TooLarge) => {
+            return Err(err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body is larger than the limit of {limit} bytes ([server] body_limit)"),
+            ))
+        }
+        Err(BodyError::LargerThanBudget) => {
+            return Err(err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "body is larger than the {} bytes all requests may buffer at once ([server] max_buffered_bytes)",
+                    state.budget.total()
+                ),
+            ))
+        }
+        Err(BodyError::Busy) => {
+            let mut r = PushResponse::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "other requests' bodies fill the {} bytes that may be buffered at once ([server] max_buffered_bytes); retry later",
+                    state.budget.total()
+                ),
+            );
+            r.retry_after = Some(1);
+            return Err(reply(r));
+        }
         Err(BodyError::Broken(e)) => {
             return Err(err(
                 StatusCode::BAD_REQUEST,
@@ -225,11 +268,6 @@ async fn read_request(
             ))
         }
     };
-    let query = parts
-        .uri
-        .query()
-        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
-        .unwrap_or_default();
     Ok(IncomingRequest {
         method: parts.method,
         path: parts.uri.path().to_string(),
@@ -237,55 +275,13 @@ async fn read_request(
         headers: parts.headers,
         body,
         params,
+        body_permit,
     })
 }
 
-enum BodyError {
-    TooLarge,
-    Broken(String),
-}
-
-/// Reads the body up to `limit`. Past it, the rest is read and dropped (up to a bound) before
-/// the 413 goes out: a server that answers while the client is still sending makes most clients
-/// see a reset connection instead of the answer.
-async fn read_limited(
-    mut body: Body,
-    limit: usize,
-    declared: Option<usize>,
-) -> Result<bytes::Bytes, BodyError> {
-    use http_body_util::BodyExt;
-    const DRAIN_MAX: usize = 16 * 1024 * 1024;
-    let drain_until = limit.saturating_mul(4).clamp(64 * 1024, DRAIN_MAX);
-    if declared.is_some_and(|n| n > drain_until) {
-        // Too far over to be worth reading: refuse at once.
-        return Err(BodyError::TooLarge);
-    }
-    let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
-        .await
-        .map_err(|_| BodyError::Broken("timed out".into()))?
-    {
-        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        seen += data.len();
-        if seen <= limit {
-            buf.extend_from_slice(&data);
-        } else if seen > drain_until {
-            return Err(BodyError::TooLarge);
-        }
-    }
-    if seen > limit {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(buf.freeze())
-}
-
 /// `GET /jobs/{id}`: the job's status and outcome, for whoever holds the credentials of the
-/// trigger that created it.
+/// trigger that created it. A missing job and a job these credentials cannot read get the same
+/// answer, so that the endpoint tells nobody which ids exist.
 async fn job(State(state): State<IngressState>, Path(id): Path<String>, req: Request) -> Response {
     let Ok(job_id) = id.parse::<crate::job::JobId>() else {
         return err(
@@ -294,44 +290,36 @@ async fn job(State(state): State<IngressState>, Path(id): Path<String>, req: Req
             format!("`{id}` is not a job id"),
         );
     };
+    let refused = || {
+        err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "no job {id} is readable with these credentials: send those of the webhook or route that created it (jobs of signature-checked routes are read through the admin API)"
+            ),
+        )
+    };
     let record = match state.store.get_job(job_id) {
         Ok(Some(r)) => r,
-        Ok(None) => return err(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")),
+        Ok(None) => return refused(),
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
     };
     let Some(entry) = state.registry.get(&record.trigger) else {
-        return err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "job {id} belongs to trigger `{}`, which no longer exists",
-                record.trigger
-            ),
-        );
+        return refused();
     };
     let query: Vec<(String, String)> = req
         .uri()
         .query()
         .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
         .unwrap_or_default();
-    let headers = req.headers();
-    let allowed = match &entry.runtime.config.spec {
-        TriggerSpec::Webhook(w) => w.check_token(headers, &query),
-        TriggerSpec::Http(h) => match &h.auth {
-            HttpAuth::Signature(_) => Err(
-                "jobs of signature-authenticated routes are not readable here; use the admin API"
-                    .to_string(),
-            ),
-            auth => auth
-                .verify(headers, b"", chrono::Utc::now().timestamp())
-                .map_err(|e| e.to_string()),
-        },
-        // Kinds that are not pushed over HTTP have no credentials here.
-        #[allow(unreachable_patterns)]
-        _ => Err("jobs of this trigger kind are readable through the admin API".to_string()),
-    };
-    if let Err(m) = allowed {
-        return err(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let readable = entry
+        .runtime
+        .config
+        .spec
+        .push()
+        .is_some_and(|kind| kind.authorize_reader(req.headers(), &query));
+    if !readable {
+        return refused();
     }
     let body: Value = json!({
         "job_id": record.job_id,

@@ -14,6 +14,9 @@ use axum::http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use axum::http::HeaderMap;
+
+use super::delivery::DedupKey;
 use super::http_auth::HttpAuth;
 use super::push::{IncomingRequest, PushKind, Rejection};
 use super::Mode;
@@ -39,6 +42,10 @@ pub struct HttpRouteConfig {
         with = "humantime_serde"
     )]
     pub sync_timeout: Option<Duration>,
+    /// As for webhooks: a jq expression over the event identifying it for deduplication
+    /// (before the sender's delivery id and `Idempotency-Key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<DedupKey>,
 }
 
 fn default_method() -> String {
@@ -87,6 +94,36 @@ impl PushKind for HttpRouteConfig {
         self.auth
             .verify(&req.headers, &req.body, chrono::Utc::now().timestamp())
             .map_err(|e| e.to_string())
+    }
+
+    fn authorize_head(
+        &self,
+        headers: &HeaderMap,
+        _query: &[(String, String)],
+    ) -> Result<(), String> {
+        self.auth
+            .verify_head(headers, chrono::Utc::now().timestamp())
+            .map_err(|e| e.to_string())
+    }
+
+    fn authorize_reader(&self, headers: &HeaderMap, _query: &[(String, String)]) -> bool {
+        match &self.auth {
+            // A signature covers one request's body; it proves nothing about a later GET.
+            HttpAuth::Signature(_) => false,
+            auth => auth
+                .verify(headers, b"", chrono::Utc::now().timestamp())
+                .is_ok(),
+        }
+    }
+
+    fn event_id(
+        &self,
+        trigger: &str,
+        req: &IncomingRequest,
+        event: &Value,
+    ) -> Result<Option<String>, Rejection> {
+        let delivery = self.auth.delivery_id(&req.headers, event);
+        super::delivery::event_id(trigger, self.dedup_key.as_ref(), delivery, req, event)
     }
 
     fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection> {

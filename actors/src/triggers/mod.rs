@@ -6,6 +6,7 @@
 //! - [`push`]: the actor behind kinds that are pushed to us over HTTP (webhook, http).
 
 pub mod cron;
+pub mod delivery;
 pub mod http;
 pub mod http_auth;
 #[cfg(feature = "kafka")]

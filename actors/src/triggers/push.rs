@@ -42,6 +42,9 @@ pub struct IncomingRequest {
     pub body: Bytes,
     /// Route parameters (http routes).
     pub params: BTreeMap<String, String>,
+    /// The bytes of `[server] max_buffered_bytes` the body holds, given back once the request
+    /// is dropped (it has become an event, or was refused).
+    pub body_permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// What to answer.
@@ -91,7 +94,19 @@ impl Rejection {
 /// What differs between pushed kinds.
 pub trait PushKind: Send + Sync {
     fn authorize(&self, req: &IncomingRequest) -> Result<(), String>;
+    /// The credentials that do not depend on the body, checked before it is read.
+    fn authorize_head(&self, headers: &HeaderMap, query: &[(String, String)])
+        -> Result<(), String>;
+    /// Whether the caller may read this trigger's jobs (`GET /jobs/{id}`).
+    fn authorize_reader(&self, headers: &HeaderMap, query: &[(String, String)]) -> bool;
     fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection>;
+    /// The event's deterministic id (see [`super::delivery`]), `None` for a unique one.
+    fn event_id(
+        &self,
+        trigger: &str,
+        req: &IncomingRequest,
+        event: &Value,
+    ) -> Result<Option<String>, Rejection>;
     fn mode(&self) -> Mode;
     fn sync_timeout(&self) -> Option<Duration>;
 }
@@ -179,15 +194,13 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
             return;
         }
     };
-    let event = match req
-        .headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(key) if !key.is_empty() => {
-            Event::deterministic(format!("{}:idem:{key}", rt.name()), payload)
+    let event = match kind.event_id(rt.name(), &req, &payload) {
+        Ok(Some(id)) => Event::deterministic(id, payload),
+        Ok(None) => Event::unique(rt.name(), payload),
+        Err(rej) => {
+            let _ = reply.send(PushResponse::error(rej.status, rej.code, rej.message));
+            return;
         }
-        _ => Event::unique(rt.name(), payload),
     };
     let mode = kind.mode();
     let timeout = kind.sync_timeout().unwrap_or(state.default_sync_timeout);
@@ -220,6 +233,11 @@ async fn journey(
     timeout: Duration,
 ) -> PushResponse {
     let event_id = event.id.clone();
+    let claim = if event.dedup {
+        Some(super::delivery::claim(&event_id).await)
+    } else {
+        None
+    };
     let mut receivers: Vec<(JobId, oneshot::Receiver<JobOutcome>)> = Vec::new();
     let accepted = intake
         .accept_reserved(rt, event, reservation, |id| {
@@ -234,6 +252,7 @@ async fn journey(
             }
         })
         .await;
+    drop(claim);
     match accepted {
         Err(e @ IntakeError::Busy { .. }) => busy(rt, e.to_string()),
         Err(e @ (IntakeError::BadEvent(_) | IntakeError::Refused(_))) => {

@@ -9,14 +9,13 @@
 
 use std::time::Duration;
 
+use super::delivery::DedupKey;
+use super::push::{IncomingRequest, PushKind, Rejection};
+use super::Mode;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use subtle::ConstantTimeEq;
-
-use super::push::{IncomingRequest, PushKind, Rejection};
-use super::Mode;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +33,10 @@ pub struct WebhookConfig {
         with = "humantime_serde"
     )]
     pub sync_timeout: Option<Duration>,
+    /// A jq expression over the event whose value identifies it: a second event with the same
+    /// value within `[store] dedup_ttl` makes no job and is answered with the first one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<DedupKey>,
 }
 
 impl WebhookConfig {
@@ -70,7 +73,16 @@ impl WebhookConfig {
             None => Err(
                 "missing token: send `Authorization: Bearer <token>` or `?token=<token>`".into(),
             ),
-            Some(t) if bool::from(t.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
+            // Compared through digests, so neither the token's content nor its length shows
+            // in the time taken.
+            Some(t)
+                if bool::from(super::http_auth::secret_eq(
+                    t.as_bytes(),
+                    expected.as_bytes(),
+                )) =>
+            {
+                Ok(())
+            }
             Some(_) => Err("invalid token".into()),
         }
     }
@@ -79,6 +91,27 @@ impl WebhookConfig {
 impl PushKind for WebhookConfig {
     fn authorize(&self, req: &IncomingRequest) -> Result<(), String> {
         self.check_token(&req.headers, &req.query)
+    }
+
+    fn authorize_head(
+        &self,
+        headers: &HeaderMap,
+        query: &[(String, String)],
+    ) -> Result<(), String> {
+        self.check_token(headers, query)
+    }
+
+    fn authorize_reader(&self, headers: &HeaderMap, query: &[(String, String)]) -> bool {
+        self.check_token(headers, query).is_ok()
+    }
+
+    fn event_id(
+        &self,
+        trigger: &str,
+        req: &IncomingRequest,
+        event: &Value,
+    ) -> Result<Option<String>, Rejection> {
+        super::delivery::event_id(trigger, self.dedup_key.as_ref(), None, req, event)
     }
 
     fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection> {
@@ -406,6 +439,7 @@ mod tests {
             headers,
             body: bytes::Bytes::copy_from_slice(body),
             params: Default::default(),
+            body_permit: None,
         }
     }
 
