@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
-# Today's tests need a shell, a C toolchain and cmake for the build (librdkafka), a Rust
-# toolchain, and the brokers below (NATS, Mosquitto, tansu for Kafka); the dashboard test (tests/dashboard.rs) also needs Debian's
-# chromium, Node.js with npm and the packages of tests/dashboard. Brokers are added here as their
-# triggers land.
+# Today's tests need a Rust toolchain, what the build needs besides it (scripts/build-deps.sh:
+# a C/C++ toolchain with make and perl), and the brokers below (NATS, Mosquitto, tansu for
+# Kafka); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
+# and the packages of tests/dashboard. Brokers are added here as their triggers land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/build-deps.sh --yes
 need_apt=()
-command -v cc >/dev/null || need_apt+=(build-essential)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
@@ -19,11 +18,6 @@ command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 # tests/mqtt.rs makes its TLS certificates with the openssl command line.
 command -v openssl >/dev/null || need_apt+=(openssl)
-# rdkafka builds librdkafka from source (cmake-build, with TLS, SASL and zstd).
-command -v cmake >/dev/null || need_apt+=(cmake)
-[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
-[ -e /usr/include/sasl/sasl.h ] || need_apt+=(libsasl2-dev)
-[ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -458,6 +458,7 @@ fn locate_parse_error(
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    message = millgate_actors::hints::duration_examples(&message);
     let Some(span) = span else {
         return (None, message);
     };

@@ -2,6 +2,7 @@
 //! are clients of the admin API (see `cli.rs` and docs/cli.md).
 
 mod cli;
+mod store_lock;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +91,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            if let Some(message) = store_lock::held_by_another(&c.store.path) {
+                eprintln!("{message}");
+                return ExitCode::from(1);
+            }
             // After loading: the exporter is built from `[telemetry]`. Before the runtime: the
             // exporter's blocking HTTP client must not be created or dropped inside it.
             let tracing_guard = match millgate::telemetry::try_init(cli.log_format, &c.telemetry) {
@@ -125,8 +130,8 @@ async fn run(config: Config) -> ExitCode {
     let mut app = match App::start(config).await {
         Ok(a) => a,
         Err(e) => {
+            // Once: the log line goes to stderr as well.
             tracing::error!("{e}");
-            eprintln!("{e}");
             return ExitCode::from(1);
         }
     };

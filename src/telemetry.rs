@@ -33,8 +33,17 @@ fn env_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Colours only for a person at a terminal: a file, a pipe or journald gets plain text (and
+/// a non-empty `NO_COLOR` turns them off, as everywhere).
+fn colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn fmt_layer(format: LogFormat) -> BoxedLayer {
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colours());
     match format {
         LogFormat::Json => layer
             .json()

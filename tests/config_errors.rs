@@ -1,6 +1,8 @@
 //! `millgate check --config <file>` on broken files: exit code 1 and one message per problem
 //! that names the file, the line and the key. Runs the built binary, as an operator would.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -319,7 +321,11 @@ timeout = "soon"
         &c,
         line_with(text, "soon"),
         "runnables.echo.timeout",
-        &["\"soon\"", "expected a duration"],
+        &[
+            "\"soon\"",
+            "expected a duration",
+            r#"such as "250ms", "30s" or "5m""#,
+        ],
     );
 
     // In a trigger entry (parsed on its own) and inside an inline table.
@@ -334,7 +340,7 @@ retry = {{ attempts = 2, initial = "1s", max = "forever" }}
         &c,
         line_with(&text, "forever"),
         "router.retry.max",
-        &["expected a duration"],
+        &["expected a duration", r#""250ms", "30s" or "5m""#],
     );
 
     let text = format!(
@@ -352,8 +358,39 @@ sync_timeout = "later"
         &c,
         line_with(&text, "later"),
         "triggers[0] (a).sync_timeout",
-        &["\"later\"", "expected a duration"],
+        &[
+            "\"later\"",
+            "expected a duration",
+            r#""250ms", "30s" or "5m""#,
+        ],
     );
+}
+
+/// A trigger added through the admin API is checked by the same code as config.toml, with the
+/// same explanation of durations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_duration_through_the_admin_api() {
+    let t = common::TestService::start(RUNNABLE).await;
+    let resp = t
+        .admin_req(reqwest::Method::POST, "/api/triggers")
+        .json(&serde_json::json!({
+            "name": "late", "kind": "webhook", "runnable": "echo", "sync_timeout": "soonish"
+        }))
+        .send()
+        .await
+        .expect("POST /api/triggers");
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    t.stop().await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for words in [
+        "sync_timeout",
+        "\"soonish\"",
+        r#"such as "250ms", "30s" or "5m""#,
+    ] {
+        assert!(message.contains(words), "`{words}` missing from: {message}");
+    }
 }
 
 #[test]

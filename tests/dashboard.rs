@@ -1,8 +1,9 @@
 //! The dashboard in a real headless Chromium: a real millgate (ingress + admin listener, sled in
 //! a temp dir) and `tests/dashboard/e2e.mjs` (playwright-core driving Debian's chromium) doing
 //! what an operator would — log in, add a trigger, watch its job live, disable it, read the
-//! inline error of a bad trigger, replay a dead letter. `scripts/services.sh` installs chromium
-//! and the script's npm packages.
+//! inline error of a bad trigger, replay a dead letter, read the schedules' and polls' fire
+//! times, counters and saved state and edit a poll's state. `scripts/services.sh` installs
+//! chromium and the script's npm packages.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,6 +42,36 @@ name = "cfg-fail"
 kind = "webhook"
 runnable = "fail"
 retry = {{ attempts = 1, initial = "100ms", max = "100ms" }}
+
+[runnables.slow]
+command = ["sleep", "30"]
+
+# A poll runnable: its first poll saves {{"cursor": 1}}; later ones keep whatever is saved.
+[runnables.feed]
+command = ["sh", "-c", """read -r args; case "$args" in *null*) echo '{{"items": [], "state": {{"cursor": 1}}}}' ;; *) echo '{{"items": []}}' ;; esac"""]
+
+# Fires at 02:30 UTC: the test moves its saved last fire three days back before a restart, so
+# the fire times in between count as missed.
+[[triggers]]
+name = "cfg-nightly"
+kind = "schedule"
+runnable = "echo"
+cron = "0 30 2 * * *"
+
+# Fires every second; its job runs 30 s, so the fire times meanwhile are skipped (overlap).
+[[triggers]]
+name = "cfg-tick"
+kind = "schedule"
+runnable = "slow"
+cron = "* * * * * *"
+overlap = "skip"
+
+[[triggers]]
+name = "cfg-feed"
+kind = "poll"
+runnable = "echo"
+poll_runnable = "feed"
+cron = "* * * * * *"
 "#,
         data = dir.join("data").display()
     )
@@ -91,6 +122,32 @@ async fn prepare(e2e_dir: &Path) -> PathBuf {
     chromium
 }
 
+async fn start(dir: &Path) -> App {
+    let text = config(dir);
+    let config = millgate::load_str(&text, "dashboard.toml", |k| std::env::var(k).ok())
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+    App::start(config).await.expect("millgate starts")
+}
+
+fn admin_url(app: &App) -> String {
+    format!(
+        "http://{}",
+        app.admin_addr.expect("the [admin] listener is started")
+    )
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -98,21 +155,44 @@ async fn dashboard_in_headless_chromium() {
     let chromium = prepare(&e2e_dir).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config(dir.path());
-    let config = millgate::load_str(&text, "dashboard.toml", |k| std::env::var(k).ok())
-        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-    let app = App::start(config).await.expect("millgate starts");
-    let admin = format!(
-        "http://{}",
-        app.admin_addr.expect("the [admin] listener is started")
+    let client = reqwest::Client::new();
+    let app = start(dir.path()).await;
+    let admin = admin_url(&app);
+    // cfg-nightly's last fire, three days back: the restart finds its fire times since then
+    // outside the catch-up window and counts them as missed.
+    let state = format!("{admin}/api/triggers/cfg-nightly/state");
+    let mut tries = 0;
+    while get_json(&client, &state).await["state"]["last_fire"].is_null() {
+        tries += 1;
+        assert!(tries < 100, "cfg-nightly saved no anchor");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let three_days_ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    let resp = client
+        .put(&state)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "last_fire": three_days_ago }).to_string())
+        .send()
+        .await
+        .expect("PUT state");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
     );
+    app.stop().await;
+
+    let app = start(dir.path()).await;
+    let admin = admin_url(&app);
     let ingress = format!("http://{}", app.service.addr);
 
     // The page and its assets are served without a token, with their content types.
-    let client = reqwest::Client::new();
     for (path, content_type) in [
         ("/", "text/html"),
         ("/assets/app.js", "text/javascript"),
+        ("/assets/timed.js", "text/javascript"),
         ("/assets/style.css", "text/css"),
     ] {
         let resp = client

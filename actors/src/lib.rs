@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod config;
 pub mod event;
 pub mod events;
+pub mod hints;
 pub mod ingress;
 pub mod intake;
 pub mod job;

@@ -11,13 +11,14 @@ use axum::Router;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
+const TIMED_JS: &str = include_str!("dashboard/timed.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 
 /// Only this origin: no CDN, no inline script, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
 
-/// `GET /`, `GET /assets/app.js`, `GET /assets/style.css`.
+/// `GET /`, `GET /assets/app.js` (and the module it imports), `GET /assets/style.css`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
@@ -27,6 +28,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/assets/timed.js",
+            get(|| async { asset("text/javascript; charset=utf-8", TIMED_JS) }),
         )
         .route(
             "/assets/style.css",
@@ -60,7 +65,11 @@ mod tests {
                 "index.html does not load {asset}"
             );
         }
-        for text in [INDEX_HTML, APP_JS, STYLE_CSS] {
+        assert!(
+            APP_JS.contains("from './timed.js'"),
+            "app.js does not import timed.js"
+        );
+        for text in [INDEX_HTML, APP_JS, TIMED_JS, STYLE_CSS] {
             assert!(
                 !text.contains("http://") && !text.contains("https://") && !text.contains("//cdn"),
                 "the dashboard must load nothing from elsewhere"
@@ -77,7 +86,9 @@ mod tests {
             "document.write",
             "eval(",
         ] {
-            assert!(!APP_JS.contains(sink), "app.js uses {sink}");
+            for (name, script) in [("app.js", APP_JS), ("timed.js", TIMED_JS)] {
+                assert!(!script.contains(sink), "{name} uses {sink}");
+            }
         }
     }
 }

@@ -5,8 +5,11 @@
 // or with MILLGATE_ADMIN_URL, MILLGATE_INGRESS_URL, MILLGATE_ADMIN_TOKEN. Optional:
 // CHROMIUM_PATH (default /usr/bin/chromium), DASHBOARD_SCREENSHOT (default
 // target/dashboard-e2e.png). The millgate under test must have the runnable `echo`
-// (kind echo) and the webhook trigger `cfg-fail` (from its config file) whose runnable always
-// fails with one attempt. Exits 0 when every step passed, 1 with the failed step otherwise.
+// (kind echo) and, from its config file: the webhook trigger `cfg-fail` whose runnable always
+// fails with one attempt; the schedule `cfg-nightly` with at least one missed fire time; the
+// schedule `cfg-tick` firing every second while its job runs for longer (so it skips); the
+// poll `cfg-feed` whose first poll saves {"cursor": 1} and later ones keep the saved state.
+// Exits 0 when every step passed, 1 with the failed step otherwise.
 
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -95,6 +98,13 @@ async function fire(hook, body) {
   return { status: resp.status, data };
 }
 
+/** The admin API's answer, as the page gets it. */
+async function apiGet(path) {
+  const resp = await fetch(`${ADMIN}/${path}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  if (!resp.ok) throw new StepFailure(`GET ${path} answered ${resp.status}: ${await resp.text()}`);
+  return resp.json();
+}
+
 async function addTrigger(page, snippet) {
   await page.getByTestId('add-trigger-text').fill(snippet);
   await page.getByTestId('add-trigger-submit').click();
@@ -142,6 +152,50 @@ try {
   await until('the live event stream to connect', async () =>
     (await page.getByTestId('live-status').getAttribute('data-live')) === 'on');
   log('logged in; trigger list shown; event stream connected');
+
+  step = 'schedules and polls: next and last fire, counters';
+  await visible(page, 'timed-card');
+  for (const name of ['cfg-nightly', 'cfg-tick', 'cfg-feed']) await visible(page, `timed-row-${name}`);
+  check((await page.getByTestId('timed-row-cfg-fail').count()) === 0, 'a webhook is listed with the schedules');
+  // The page shows what the API says (fire times as RFC 3339 in data-at, local time as text).
+  await until('cfg-nightly\'s next and last fire as the API has them', async () => {
+    const s = (await apiGet('api/triggers/cfg-nightly')).source_status;
+    const next = await page.getByTestId('timed-next-cfg-nightly').getAttribute('data-at');
+    const last = await page.getByTestId('timed-last-cfg-nightly').getAttribute('data-at');
+    return s.next_fires.length > 0 && next === s.next_fires[0] && last === s.last_fire && s.last_fire;
+  });
+  const nightly = (await apiGet('api/triggers/cfg-nightly')).source_status;
+  check(nightly.missed >= 1, `cfg-nightly missed nothing: ${JSON.stringify(nightly)}`);
+  await textIs(page, 'timed-missed-cfg-nightly', String(nightly.missed));
+  check((await text(page, 'timed-next-cfg-nightly')) !== '—', 'no next fire time shown');
+  await until('cfg-tick\'s skipped fire times to be counted', async () =>
+    Number(await text(page, 'timed-skipped-cfg-tick')) >= 2);
+  await until('cfg-feed\'s polls to be counted', async () =>
+    Number(await text(page, 'timed-polls-cfg-feed')) >= 1 && Number(await text(page, 'timed-skipped_polls-cfg-feed')) >= 1);
+  log(`cfg-nightly: next ${nightly.next_fires[0]}, last ${nightly.last_fire}, missed ${nightly.missed}; cfg-tick skips; cfg-feed polls`);
+
+  step = 'a poll\'s saved state, edited';
+  await textIs(page, 'timed-state-cfg-feed', '{"cursor":1}');
+  await page.getByTestId('btn-edit-state-cfg-feed').click();
+  await visible(page, 'state-editor');
+  await textIs(page, 'state-editor-name', 'cfg-feed');
+  check(JSON.parse(await page.getByTestId('state-text').inputValue()).cursor === 1, 'the editor does not hold the saved state');
+  await page.getByTestId('state-text').fill('{"cursor": 2000');
+  await page.getByTestId('state-save').click();
+  await until('the editor to refuse what is not JSON', async () => (await text(page, 'state-error'))?.includes('not JSON'));
+  check((await apiGet('api/triggers/cfg-feed/state')).state.cursor === 1, 'bad JSON was sent');
+  await page.getByTestId('state-text').fill('{"cursor": 2000}');
+  await page.getByTestId('state-save').click();
+  await visible(page, 'state-ok');
+  check(!(await page.getByTestId('state-error').isVisible()), 'the previous error is still shown');
+  await textIs(page, 'timed-state-cfg-feed', '{"cursor":2000}');
+  const polled = (await apiGet('api/triggers/cfg-feed')).source_status.polls;
+  await until('a later poll', async () => (await apiGet('api/triggers/cfg-feed')).source_status.polls > polled);
+  const saved = (await apiGet('api/triggers/cfg-feed/state')).state;
+  check(saved && saved.cursor === 2000, `the saved state is ${JSON.stringify(saved)}, not the edit`);
+  await page.getByTestId('state-cancel').click();
+  check(!(await page.getByTestId('state-editor').isVisible()), 'the editor did not close');
+  log('cfg-feed\'s state edited to {"cursor": 2000} and kept by the next polls');
 
   step = 'add a webhook trigger (TOML)';
   await addTrigger(page, [
@@ -254,7 +308,7 @@ try {
   if (pageErrors.length) console.error(`uncaught errors in the page:\n  ${pageErrors.join('\n  ')}`);
   if (consoleLines.length) console.error(`browser console:\n  ${consoleLines.slice(-30).join('\n  ')}`);
   if (page) {
-    for (const id of ['global-error', 'token-error', 'add-trigger-error', 'trigger-action-error', 'live-status']) {
+    for (const id of ['global-error', 'token-error', 'add-trigger-error', 'trigger-action-error', 'state-error', 'live-status']) {
       const t = await text(page, id).catch(() => null);
       if (t) console.error(`  [${id}] ${t}`);
     }

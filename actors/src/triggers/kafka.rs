@@ -375,6 +375,15 @@ impl KafkaConfig {
                 c.set(k, v);
             }
         }
+        // OpenSSL is compiled in (actors/Cargo.toml) with its own default CA directory, which no
+        // distribution fills: librdkafka's probe finds the system's CA bundle instead. Kept
+        // out of the way when OpenSSL's own variables name one.
+        let ca_from_env = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+        if s.protocol.tls() && s.ca_file.is_none() && !ca_from_env {
+            c.set("ssl.ca.location", "probe");
+        }
         // librdkafka's `debug` contexts (`properties = { debug = "cgrp,fetch" }`) log at debug.
         c.set_log_level(if self.properties.contains_key("debug") {
             RDKafkaLogLevel::Debug

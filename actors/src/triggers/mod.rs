@@ -357,10 +357,11 @@ pub async fn spawn_source(
 fn keyed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
+        let message = crate::hints::duration_examples(&e.into_inner().to_string());
         if path.is_empty() || path == "." {
-            e.into_inner().to_string()
+            message
         } else {
-            format!("{path}: {}", e.into_inner())
+            format!("{path}: {message}")
         }
     })
 }

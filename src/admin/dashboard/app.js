@@ -5,6 +5,8 @@
 // current without reloading. Every piece of data is inserted as text (textContent /
 // createTextNode), never as HTML.
 
+import { createTimedView } from './timed.js';
+
 const TOKEN_KEY = 'millgate.adminToken';
 const JOBS_LIMIT = 50;
 /** Trigger views (rate, counters) drift without events: refreshed this often. */
@@ -253,6 +255,7 @@ function upsertTrigger(view) {
 function renderTriggers() {
   const list = state.triggers;
   syncRows($('#triggers-body'), list, (t) => t.name, triggerRow);
+  timedView.update(list);
   byTestId('triggers-empty').hidden = list.length > 0;
   byTestId('triggers-count').textContent = list.length ? `${list.length}` : '';
   // The job list's trigger filter follows the trigger names.
@@ -662,6 +665,8 @@ function onEvent(type, data) {
 }
 
 // ---------------------------------------------------------------- start
+
+const timedView = createTimedView({ h, api, say, byTestId, fmtTime, errorText, enc });
 
 function init() {
   $('#login-form').addEventListener('submit', (e) => {
