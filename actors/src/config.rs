@@ -69,6 +69,30 @@ pub struct AdminConfig {
     pub token: String,
 }
 
+/// A name as messages show it: an overlong one is cut, so that it cannot flood them.
+fn shortened(name: &str) -> String {
+    if name.chars().count() <= 64 {
+        return name.to_string();
+    }
+    let head: String = name.chars().take(40).collect();
+    format!("{head}…")
+}
+
+/// Trigger names: they are URL segments, sled keys and metric labels.
+pub fn check_trigger_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if first_ok && rest_ok && name.len() <= 64 {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` is not a valid name: 1 to 64 letters, digits, `_`, `.` or `-`, starting with a \
+         letter or digit",
+        shortened(name)
+    ))
+}
+
 fn default_admin_listen() -> String {
     "127.0.0.1:8081".into()
 }
@@ -320,8 +344,10 @@ impl std::fmt::Display for ConfigIssue {
             Section::Top(s) => format!("{s}.{}", self.key),
             Section::Runnable(n) if self.key.is_empty() => format!("runnables.{n}"),
             Section::Runnable(n) => format!("runnables.{n}.{}", self.key),
-            Section::Trigger(i, n) if self.key.is_empty() => format!("triggers[{i}] ({n})"),
-            Section::Trigger(i, n) => format!("triggers[{i}] ({n}).{}", self.key),
+            Section::Trigger(i, n) if self.key.is_empty() => {
+                format!("triggers[{i}] ({})", shortened(n))
+            }
+            Section::Trigger(i, n) => format!("triggers[{i}] ({}).{}", shortened(n), self.key),
         };
         write!(f, "{key}: {}", self.message)
     }
@@ -358,6 +384,32 @@ impl Config {
                     "must not be empty: every admin route but /healthz and /readyz needs it".into(),
                 ));
             }
+        }
+        let zero_limits = [
+            ("server.body_limit", self.server.body_limit == 0),
+            ("server.sync_timeout", self.server.sync_timeout.is_zero()),
+            ("store.dedup_ttl", self.store.dedup_ttl.is_zero()),
+            ("store.job_retention", self.store.job_retention.is_zero()),
+            ("store.max_jobs", self.store.max_jobs == 0),
+            (
+                "supervisor.restart_initial",
+                self.supervisor.restart_initial.is_zero(),
+            ),
+            (
+                "supervisor.stable_after",
+                self.supervisor.stable_after.is_zero(),
+            ),
+        ];
+        for (key, zero) in zero_limits {
+            if zero {
+                issues.push(top(key, ZERO.into()));
+            }
+        }
+        if self.supervisor.restart_max < self.supervisor.restart_initial {
+            issues.push(top(
+                "supervisor.restart_max",
+                "must not be shorter than restart_initial".into(),
+            ));
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             // Checked here so that a typo fails `millgate check` instead of silently losing
@@ -408,6 +460,9 @@ impl Config {
             if runnable.concurrency == Some(0) {
                 issues.push(issue("concurrency", "must be at least 1".into()));
             }
+            if runnable.timeout.is_zero() {
+                issues.push(issue("timeout", ZERO.into()));
+            }
         }
         let mut names = BTreeSet::new();
         let mut routes = crate::triggers::http::RouteTable::default();
@@ -443,19 +498,8 @@ impl Config {
     ) -> Vec<(String, String)> {
         let mut issues = Vec::new();
         let c = &trigger.common;
-        if c.name.is_empty()
-            || !c
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            issues.push((
-                "name".into(),
-                format!(
-                    "`{}` is not a valid name (use letters, digits, `-`, `_`, `.`)",
-                    c.name
-                ),
-            ));
+        if let Err(m) = check_trigger_name(&c.name) {
+            issues.push(("name".into(), m));
         }
         if !self.runnables.contains_key(&c.runnable) {
             let known: Vec<_> = self.runnables.keys().map(String::as_str).collect();
@@ -498,6 +542,10 @@ impl Config {
         if c.max_in_flight == Some(0) {
             issues.push(("max_in_flight".into(), "must be at least 1".into()));
         }
+        let timeout = c.preprocessor.as_ref().and_then(|p| p.timeout);
+        if timeout.is_some_and(|t| t.is_zero()) {
+            issues.push(("preprocessor.timeout".into(), ZERO.into()));
+        }
         issues.extend(trigger.spec.validate(&c.name, routes));
         issues
     }
@@ -510,6 +558,10 @@ impl Config {
             .unwrap_or_else(|| self.router.retry.clone())
     }
 }
+
+/// What a zero size, count or duration is told: each of these would refuse, drop or time
+/// out everything.
+const ZERO: &str = "must be above zero";
 
 fn validate_retry(r: &RetryPolicy) -> Result<(), String> {
     if r.attempts == 0 {

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
+use millgate_actors::config::check_trigger_name;
 use millgate_actors::job::{JobId, JobRecord, JobStatus};
 use millgate_actors::router::RouterMsg;
 use millgate_actors::supervisor::{SupervisorMsg, TriggerEntry, TriggerError};
@@ -243,6 +244,10 @@ fn parse_trigger(headers: &HeaderMap, body: &[u8]) -> ApiResult<TriggerConfig> {
             }
         }
     };
+    // Checked first: the name is echoed in the messages below, and it becomes a metric label.
+    if let Some(Value::String(name)) = map.get("name") {
+        check_trigger_name(name).map_err(|m| ApiError::bad_request(format!("name: {m}")))?;
+    }
     TriggerConfig::from_map(map).map_err(|m| {
         // The config-file prefix ("trigger `x` (kind y): ") adds nothing to an API answer.
         let m = m
