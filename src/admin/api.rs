@@ -62,29 +62,11 @@ type ApiResult<T> = Result<T, ApiError>;
 // ---------------------------------------------------------------------------------------------
 // Views
 
-const SECRET: &str = "***";
-
 /// The trigger's definition with its secrets replaced by `***`.
 fn redacted_config(c: &TriggerConfig) -> Value {
     let mut v = Value::Object(c.to_map());
-    redact(&mut v, false);
+    super::redact::redact(&mut v);
     v
-}
-
-/// Replaces credentials anywhere in a trigger's config (`auth`, MQTT `password`, Kafka
-/// `security.password`, NATS `seed`...). `key` is a secret only inside `auth`.
-fn redact(v: &mut Value, in_auth: bool) {
-    const SECRETS: &[&str] = &["token", "password", "secret", "key_password", "seed", "jwt"];
-    if let Value::Object(m) = v {
-        for (k, child) in m.iter_mut() {
-            let secret = SECRETS.contains(&k.as_str()) || (in_auth && k == "key");
-            if secret && !child.is_null() && !child.is_object() {
-                *child = json!(SECRET);
-            } else {
-                redact(child, k == "auth");
-            }
-        }
-    }
 }
 
 fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
+pub mod redact;
 
 use std::sync::Arc;
 
