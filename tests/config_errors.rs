@@ -576,3 +576,22 @@ name = "{name}"
     );
     assert_eq!(check("ok.toml", &text).code, Some(0));
 }
+
+#[test]
+fn an_empty_admin_token_is_refused() {
+    let text = format!(
+        r#"[admin]
+token = ""
+{RUNNABLE}"#
+    );
+    let c = check("admin.toml", &text);
+    assert_error(
+        &c,
+        line_with(&text, "token"),
+        "admin.token",
+        &["must not be empty", "token_file"],
+    );
+    // Without `token`, the token file: valid.
+    let text = format!("[admin]\nlisten = \"127.0.0.1:8081\"\n{RUNNABLE}");
+    assert_eq!(check("admin_ok.toml", &text).code, Some(0));
+}

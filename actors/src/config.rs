@@ -65,8 +65,30 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// Bearer token every admin route but `/healthz` and `/readyz` requires.
-    pub token: String,
+    /// Bearer token every admin route but `/healthz` and `/readyz` requires. Without it the
+    /// token is read from `token_file` (generated there at the first start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Where the token is kept when `token` is not set; default `<[store] path>/admin-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Host names (`name` or `name:port`) the admin listener answers to besides its own address
+    /// (IP literals and `localhost` with its port), e.g. the name of a reverse proxy in front.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Whether triggers added through the admin API may run programs (a `command`
+    /// preprocessor, librdkafka properties that load or run code).
+    #[serde(default)]
+    pub allow_commands: bool,
+}
+
+impl AdminConfig {
+    /// The file the admin token is kept in when `token` is not set.
+    pub fn token_file(&self, store: &StoreConfig) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| store.path.join("admin-token"))
+    }
 }
 
 /// A name as messages show it: an overlong one is cut, so that it cannot flood them.
@@ -91,6 +113,30 @@ pub fn check_trigger_name(name: &str) -> Result<(), String> {
          letter or digit",
         shortened(name)
     ))
+}
+
+/// The keys through which a trigger would run a program of its own choosing (rather than a
+/// runnable of the configuration): allowed in config files, and through the admin API only
+/// with `[admin] allow_commands = true`.
+pub fn program_keys(trigger: &TriggerConfig) -> Vec<String> {
+    let mut keys = Vec::new();
+    if trigger
+        .common
+        .preprocessor
+        .as_ref()
+        .is_some_and(|p| p.command.is_some())
+    {
+        keys.push("preprocessor.command".to_string());
+    }
+    #[cfg(feature = "kafka")]
+    if let crate::triggers::TriggerSpec::Kafka(k) = &trigger.spec {
+        keys.extend(
+            k.program_properties()
+                .into_iter()
+                .map(|p| format!("properties.{p}")),
+        );
+    }
+    keys
 }
 
 fn default_admin_listen() -> String {
@@ -378,11 +424,25 @@ impl Config {
                     format!("`{}` is not an address like 127.0.0.1:8081", admin.listen),
                 ));
             }
-            if admin.token.trim().is_empty() {
+            if admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 issues.push(top(
                     "admin.token",
-                    "must not be empty: every admin route but /healthz and /readyz needs it".into(),
+                    "must not be empty; remove the key to use the generated token in \
+                     `token_file` (default <[store] path>/admin-token)"
+                        .into(),
                 ));
+            }
+            if admin
+                .token_file
+                .as_ref()
+                .is_some_and(|f| f.as_os_str().is_empty())
+            {
+                issues.push(top("admin.token_file", "must not be empty".into()));
+            }
+            for host in &admin.allowed_hosts {
+                if let Err(m) = check_allowed_host(host) {
+                    issues.push(top("admin.allowed_hosts", m));
+                }
             }
         }
         let zero_limits = [
@@ -562,6 +622,26 @@ impl Config {
 /// What a zero size, count or duration is told: each of these would refuse, drop or time
 /// out everything.
 const ZERO: &str = "must be above zero";
+
+/// An `[admin] allowed_hosts` entry: a host name, optionally with `:port`.
+fn check_allowed_host(host: &str) -> Result<(), String> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a host name like `admin.example.com` or `admin.example.com:8443` \
+             (no scheme, path or wildcard)"
+        ))
+    }
+}
 
 fn validate_retry(r: &RetryPolicy) -> Result<(), String> {
     if r.attempts == 0 {

@@ -24,13 +24,14 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::guard::{check_programs, require_json};
 use super::{AdminState, ApiError};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "millgate admin API",
-        description = "Triggers, jobs, dead letters, status and live events of a millgate instance. Every route needs `Authorization: Bearer <admin token>`."
+        description = "Triggers, jobs, dead letters, status and live events of a millgate instance. Every route needs `Authorization: Bearer <admin token>` (`?token=` on GET /api/events only); writes with a body need `Content-Type: application/json` (or `application/toml` for a trigger); requests from other web origins or Host names are refused."
     ),
     tags((name = "triggers"), (name = "jobs"), (name = "system"))
 )]
@@ -184,13 +185,9 @@ async fn get_trigger(
 
 /// Parses a trigger from JSON or TOML (`content-type: application/toml`).
 fn parse_trigger(headers: &HeaderMap, body: &[u8]) -> ApiResult<TriggerConfig> {
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let toml = super::guard::media_type(headers).as_deref() == Some(super::guard::TOML);
     let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-    let map: Map<String, Value> = if ct.contains("toml") {
+    let map: Map<String, Value> = if toml {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             let m = e.message().trim();
             let detail = if m.is_empty() {
@@ -271,6 +268,7 @@ async fn add_trigger(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let t = parse_trigger(&headers, &body)?;
+    check_programs(&state, &t)?;
     let name = t.name().to_string();
     if owned_by_config(&state, &name) {
         return Err(ApiError::conflict(format!(
@@ -308,6 +306,7 @@ async fn replace_trigger(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let t = parse_trigger(&headers, &body)?;
+    check_programs(&state, &t)?;
     if t.name() != name {
         return Err(ApiError::invalid(format!(
             "name: the body names `{}` but the path names `{name}`; renaming is DELETE + POST",
@@ -345,7 +344,22 @@ async fn delete_trigger(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    entry(&state, &name)?;
+    if let Err(not_running) = entry(&state, &name) {
+        // Stored but not started (it runs programs without `allow_commands`, or no longer
+        // validates): removable all the same.
+        let store = &state.service.store;
+        let stored = store
+            .api_triggers()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if !stored.iter().any(|t| t.name() == name) {
+            return Err(not_running);
+        }
+        store
+            .remove_api_trigger(&name)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if owned_by_config(&state, &name) {
         return Err(ApiError::conflict(format!(
             "trigger `{name}` is defined in config.toml; remove it there"
@@ -797,8 +811,10 @@ async fn get_source_state(
 async fn put_source_state(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    require_json(&headers)?;
     let e = stateful(&state, &name, false)?;
     let new: Value = serde_json::from_slice(&body)
         .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
@@ -831,9 +847,11 @@ async fn put_source_state(
 async fn reset_trigger(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     use millgate_actors::triggers::kafka;
+    require_json(&headers)?;
     let e = entry(&state, &name)?;
     if e.runtime.kind() != "kafka" {
         return Err(ApiError::conflict(format!(
