@@ -15,6 +15,8 @@ pub enum AppError {
     Service(#[from] ServiceError),
     #[error("cannot listen on {addr} (admin): {reason}")]
     AdminListen { addr: String, reason: String },
+    #[error("{0}")]
+    AdminToken(String),
 }
 
 pub struct App {
@@ -27,12 +29,16 @@ pub struct App {
 impl App {
     pub async fn start(config: Config) -> Result<Self, AppError> {
         let admin_config = config.admin.clone();
-        if admin_config.is_some() {
-            // Installed before anything is counted, so no early event is missing from /metrics.
-            admin::metrics::handle();
-        }
+        let admin_token = match &admin_config {
+            Some(_) => {
+                // Installed before anything is counted, so no early event is missing from /metrics.
+                admin::metrics::handle();
+                Some(admin::token::resolve(&config).map_err(AppError::AdminToken)?)
+            }
+            None => None,
+        };
         let service = Service::start(config).await?;
-        let Some(admin_config) = admin_config else {
+        let (Some(admin_config), Some(admin_token)) = (admin_config, admin_token) else {
             return Ok(Self {
                 service,
                 admin_addr: None,
@@ -49,7 +55,12 @@ impl App {
             addr: admin_config.listen.clone(),
             reason: e.to_string(),
         })?;
-        let router = admin::router(admin::AdminState::new(&service, admin_config.token));
+        let listener_view = admin::guard::Listener::new(addr, &admin_config.allowed_hosts);
+        let router = admin::router(admin::AdminState::new(
+            &service,
+            &admin_token,
+            listener_view,
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         // Same header/idle timeouts and connection cap as the webhook listener, counted together.
         let server = tokio::spawn(millgate_actors::ingress::listener::serve(

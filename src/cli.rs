@@ -25,7 +25,8 @@ pub struct AdminArgs {
         global = true
     )]
     pub admin_url: String,
-    /// The admin token (`[admin] token`).
+    /// The admin token (`[admin] token`); without it, the token file millgate generated:
+    /// `$MILLGATE_DATA/admin-token`, else `./data/admin-token`.
     #[arg(
         long,
         env = "MILLGATE_ADMIN_TOKEN",
@@ -368,6 +369,31 @@ fn read_input(file: &PathBuf) -> Result<(String, String), CliError> {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
+/// Without `--token` or `MILLGATE_ADMIN_TOKEN`: the token file a local millgate generated,
+/// `$MILLGATE_DATA/admin-token` (the default config's store) or `./data/admin-token`.
+fn token_from_file() -> Result<String, CliError> {
+    let (path, from) = match std::env::var_os("MILLGATE_DATA").filter(|d| !d.is_empty()) {
+        Some(dir) => (
+            PathBuf::from(dir).join("admin-token"),
+            "$MILLGATE_DATA/admin-token",
+        ),
+        None => (PathBuf::from("./data/admin-token"), "./data/admin-token"),
+    };
+    let missing = |why: String| {
+        CliError::usage(format!(
+            "no admin token: pass --token or set MILLGATE_ADMIN_TOKEN (the `[admin] token` of \
+             the service), or run where millgate keeps its generated token: {from} ({}) {why}",
+            path.display()
+        ))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => Err(missing("is empty".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing("does not exist".into())),
+        Err(e) => Err(missing(format!("cannot be read: {e}"))),
+    }
+}
+
 struct AdminClient {
     http: reqwest::Client,
     base: String,
@@ -388,12 +414,7 @@ impl AdminClient {
         }
         let token = match args.token.as_deref().map(str::trim) {
             Some(t) if !t.is_empty() => t.to_string(),
-            _ => {
-                return Err(CliError::usage(
-                    "no admin token: pass --token or set MILLGATE_ADMIN_TOKEN \
-                     (the `[admin] token` of the service)",
-                ))
-            }
+            _ => token_from_file()?,
         };
         let http = reqwest::Client::builder()
             .user_agent(concat!("millgate-cli/", env!("CARGO_PKG_VERSION")))

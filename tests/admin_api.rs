@@ -70,13 +70,38 @@ async fn every_route_needs_the_token_but_health() {
             .unwrap();
         assert_eq!(resp.status(), 401, "{path} with a wrong token");
     }
+    // `?token=` only where a browser cannot send a header: the event stream.
     let resp = t
         .client
         .get(format!("{}/api/triggers?token={ADMIN_TOKEN}", t.admin))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "?token= works too");
+    assert_eq!(
+        resp.status(),
+        401,
+        "?token= is not accepted on other routes"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert!(message(&body).contains("/api/events"), "{body}");
+    let resp = t
+        .client
+        .post(format!(
+            "{}/api/triggers/from-config/disable?token={ADMIN_TOKEN}",
+            t.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "nor on writes");
+    let resp = t
+        .client
+        .get(format!("{}/api/events?token={ADMIN_TOKEN}", t.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "?token= opens the event stream");
+    drop(resp);
     for path in ["/healthz", "/readyz"] {
         let resp = t
             .client

@@ -50,12 +50,25 @@ impl Out {
 }
 
 /// Runs the built `millgate` with `args`, `stdin` on its standard input, and `env` as its
-/// only `MILLGATE_ADMIN_*` variables.
+/// only `MILLGATE_ADMIN_*` / `MILLGATE_DATA` variables, in an empty directory (so no
+/// `./data/admin-token` is found unless a test puts one there).
 async fn millgate(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    millgate_in(cwd.path(), args, env, stdin).await
+}
+
+async fn millgate_in(
+    cwd: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Out {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_millgate"));
     cmd.args(args)
+        .current_dir(cwd)
         .env_remove("MILLGATE_ADMIN_URL")
         .env_remove("MILLGATE_ADMIN_TOKEN")
+        .env_remove("MILLGATE_DATA")
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -528,11 +541,62 @@ async fn token_url_and_connection_errors() {
     assert!(out.stderr.contains("401"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
 
-    // No token at all: exit 2, says how to give one.
+    // No token at all: exit 2, says how to give one and which token file it looked for.
     let out = millgate(&["triggers", "list", "--admin-url", &a.url], &[], None).await;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--token"), "{out:?}");
     assert!(out.stderr.contains("MILLGATE_ADMIN_TOKEN"), "{out:?}");
+    assert!(out.stderr.contains("./data/admin-token"), "{out:?}");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let data = empty.path().display().to_string();
+    let out = millgate(
+        &["triggers", "list", "--admin-url", &a.url],
+        &[("MILLGATE_DATA", &data)],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("$MILLGATE_DATA/admin-token"), "{out:?}");
+    assert!(out.stderr.contains(&data), "{out:?}");
+
+    // The token file of a local millgate: in $MILLGATE_DATA, else ./data.
+    std::fs::write(empty.path().join("admin-token"), format!("{TOKEN}\n")).unwrap();
+    let out = millgate(
+        &["triggers", "list", "--admin-url", &a.url],
+        &[("MILLGATE_DATA", &data)],
+        None,
+    )
+    .await
+    .ok();
+    assert!(row(&out.stdout, "hello").is_some(), "{out:?}");
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(cwd.path().join("data")).unwrap();
+    std::fs::write(cwd.path().join("data/admin-token"), TOKEN).unwrap();
+    let out = millgate_in(
+        cwd.path(),
+        &["triggers", "list", "--admin-url", &a.url],
+        &[],
+        None,
+    )
+    .await
+    .ok();
+    assert!(row(&out.stdout, "hello").is_some(), "{out:?}");
+    // An explicit token wins over the file.
+    let out = millgate_in(
+        cwd.path(),
+        &[
+            "triggers",
+            "list",
+            "--admin-url",
+            &a.url,
+            "--token",
+            "wrong",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
 
     // Nothing listening: exit 1, the URL named.
     let free = {

@@ -536,3 +536,99 @@ fn unreadable_file_names_the_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn zero_limits_are_refused() {
+    let text = r#"[server]
+body_limit = 0
+sync_timeout = "0s"
+
+[store]
+dedup_ttl = "0m"
+max_jobs = 0
+
+[router]
+runners = 0
+max_in_flight = 0
+
+[runnables.echo]
+command = ["cat"]
+timeout = "0ms"
+
+[[triggers]]
+name = "h"
+kind = "http"
+path = "/h"
+runnable = "echo"
+sync_timeout = "0h"
+"#;
+    let c = check("zeros.toml", text);
+    for (marker, key, words) in [
+        ("body_limit", "server.body_limit", "above zero"),
+        ("\"0s\"", "server.sync_timeout", "above zero"),
+        ("\"0m\"", "store.dedup_ttl", "above zero"),
+        ("max_jobs", "store.max_jobs", "above zero"),
+        ("runners", "router.runners", "at least 1"),
+        ("max_in_flight", "router.max_in_flight", "at least 1"),
+        ("\"0ms\"", "runnables.echo.timeout", "above zero"),
+        ("\"0h\"", "triggers[0] (h).sync_timeout", "longer than 0s"),
+    ] {
+        assert_error(&c, line_with(text, marker), key, &[words]);
+    }
+    assert_eq!(c.stderr.lines().count(), 8, "{}", c.stderr);
+}
+
+#[test]
+fn trigger_names_are_short_and_plain() {
+    let long = "n".repeat(10_000);
+    for name in ["..", "-lead", "a b", long.as_str()] {
+        let text = format!(
+            r#"{RUNNABLE}
+[[triggers]]
+kind = "webhook"
+token = "t"
+runnable = "echo"
+name = "{name}"
+"#
+        );
+        let c = check("names.toml", &text);
+        let line = assert_error(
+            &c,
+            line_with(&text, "name ="),
+            ".name",
+            &[
+                "is not a valid name",
+                "1 to 64",
+                "starting with a letter or digit",
+            ],
+        );
+        assert!(
+            line.len() < 400,
+            "the name is not echoed whole: {line:.200}"
+        );
+    }
+    let text = format!(
+        "{RUNNABLE}\n[[triggers]]\nkind = \"webhook\"\ntoken = \"t\"\nrunnable = \"echo\"\nname = \"{}\"\n",
+        "n".repeat(64)
+    );
+    assert_eq!(check("ok.toml", &text).code, Some(0));
+}
+
+#[test]
+fn an_empty_admin_token_is_refused() {
+    let text = format!(
+        r#"[admin]
+token = ""
+{RUNNABLE}"#
+    );
+    let c = check("admin.toml", &text);
+    assert_error(
+        &c,
+        line_with(&text, "token"),
+        "admin.token",
+        &["must not be empty", "token_file"],
+    );
+    // Without `token`, the token file: valid.
+    let text = format!("[admin]\nlisten = \"127.0.0.1:8081\"\n{RUNNABLE}");
+    assert_eq!(check("admin_ok.toml", &text).code, Some(0));
+}

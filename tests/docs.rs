@@ -452,12 +452,11 @@ async fn every_command_of_the_docs_runs() {
         assert!(Instant::now() < deadline, "millgate did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Until millgate makes its admin token at first start, the default configuration's
-    // well-known one stands in for it where the docs read the file.
-    let token_file = dir.join("data/admin-token");
-    if !token_file.exists() {
-        std::fs::write(&token_file, "change-me-admin").expect("write the admin token");
-    }
+    // The docs read the admin token millgate made at its first start.
+    assert!(
+        dir.join("data/admin-token").exists(),
+        "millgate run on the default config made no data/admin-token"
+    );
 
     let mut session = Session {
         dir: dir.clone(),

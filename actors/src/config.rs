@@ -86,8 +86,78 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// Bearer token every admin route but `/healthz` and `/readyz` requires.
-    pub token: String,
+    /// Bearer token every admin route but `/healthz` and `/readyz` requires. Without it the
+    /// token is read from `token_file` (generated there at the first start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Where the token is kept when `token` is not set; default `<[store] path>/admin-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Host names (`name` or `name:port`) the admin listener answers to besides its own address
+    /// (IP literals and `localhost` with its port), e.g. the name of a reverse proxy in front.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Whether triggers added through the admin API may run programs (a `command`
+    /// preprocessor, librdkafka properties that load or run code).
+    #[serde(default)]
+    pub allow_commands: bool,
+}
+
+impl AdminConfig {
+    /// The file the admin token is kept in when `token` is not set.
+    pub fn token_file(&self, store: &StoreConfig) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| store.path.join("admin-token"))
+    }
+}
+
+/// A name as messages show it: an overlong one is cut, so that it cannot flood them.
+fn shortened(name: &str) -> String {
+    if name.chars().count() <= 64 {
+        return name.to_string();
+    }
+    let head: String = name.chars().take(40).collect();
+    format!("{head}…")
+}
+
+/// Trigger names: they are URL segments, sled keys and metric labels.
+pub fn check_trigger_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if first_ok && rest_ok && name.len() <= 64 {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` is not a valid name: 1 to 64 letters, digits, `_`, `.` or `-`, starting with a \
+         letter or digit",
+        shortened(name)
+    ))
+}
+
+/// The keys through which a trigger would run a program of its own choosing (rather than a
+/// runnable of the configuration): allowed in config files, and through the admin API only
+/// with `[admin] allow_commands = true`.
+pub fn program_keys(trigger: &TriggerConfig) -> Vec<String> {
+    let mut keys = Vec::new();
+    if trigger
+        .common
+        .preprocessor
+        .as_ref()
+        .is_some_and(|p| p.command.is_some())
+    {
+        keys.push("preprocessor.command".to_string());
+    }
+    #[cfg(feature = "kafka")]
+    if let crate::triggers::TriggerSpec::Kafka(k) = &trigger.spec {
+        keys.extend(
+            k.program_properties()
+                .into_iter()
+                .map(|p| format!("properties.{p}")),
+        );
+    }
+    keys
 }
 
 fn default_admin_listen() -> String {
@@ -360,8 +430,10 @@ impl std::fmt::Display for ConfigIssue {
             Section::Top(s) => format!("{s}.{}", self.key),
             Section::Runnable(n) if self.key.is_empty() => format!("runnables.{n}"),
             Section::Runnable(n) => format!("runnables.{n}.{}", self.key),
-            Section::Trigger(i, n) if self.key.is_empty() => format!("triggers[{i}] ({n})"),
-            Section::Trigger(i, n) => format!("triggers[{i}] ({n}).{}", self.key),
+            Section::Trigger(i, n) if self.key.is_empty() => {
+                format!("triggers[{i}] ({})", shortened(n))
+            }
+            Section::Trigger(i, n) => format!("triggers[{i}] ({}).{}", shortened(n), self.key),
         };
         write!(f, "{key}: {}", self.message)
     }
@@ -437,12 +509,52 @@ impl Config {
                     format!("`{}` is not an address like 127.0.0.1:8081", admin.listen),
                 ));
             }
-            if admin.token.trim().is_empty() {
+            if admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 issues.push(top(
                     "admin.token",
-                    "must not be empty: every admin route but /healthz and /readyz needs it".into(),
+                    "must not be empty; remove the key to use the generated token in \
+                     `token_file` (default <[store] path>/admin-token)"
+                        .into(),
                 ));
             }
+            if admin
+                .token_file
+                .as_ref()
+                .is_some_and(|f| f.as_os_str().is_empty())
+            {
+                issues.push(top("admin.token_file", "must not be empty".into()));
+            }
+            for host in &admin.allowed_hosts {
+                if let Err(m) = check_allowed_host(host) {
+                    issues.push(top("admin.allowed_hosts", m));
+                }
+            }
+        }
+        let zero_limits = [
+            ("server.body_limit", self.server.body_limit == 0),
+            ("server.sync_timeout", self.server.sync_timeout.is_zero()),
+            ("store.dedup_ttl", self.store.dedup_ttl.is_zero()),
+            ("store.job_retention", self.store.job_retention.is_zero()),
+            ("store.max_jobs", self.store.max_jobs == 0),
+            (
+                "supervisor.restart_initial",
+                self.supervisor.restart_initial.is_zero(),
+            ),
+            (
+                "supervisor.stable_after",
+                self.supervisor.stable_after.is_zero(),
+            ),
+        ];
+        for (key, zero) in zero_limits {
+            if zero {
+                issues.push(top(key, ZERO.into()));
+            }
+        }
+        if self.supervisor.restart_max < self.supervisor.restart_initial {
+            issues.push(top(
+                "supervisor.restart_max",
+                "must not be shorter than restart_initial".into(),
+            ));
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             // Checked here so that a typo fails `millgate check` instead of silently losing
@@ -493,6 +605,9 @@ impl Config {
             if runnable.concurrency == Some(0) {
                 issues.push(issue("concurrency", "must be at least 1".into()));
             }
+            if runnable.timeout.is_zero() {
+                issues.push(issue("timeout", ZERO.into()));
+            }
         }
         let mut names = BTreeSet::new();
         let mut routes = crate::triggers::http::RouteTable::default();
@@ -528,19 +643,8 @@ impl Config {
     ) -> Vec<(String, String)> {
         let mut issues = Vec::new();
         let c = &trigger.common;
-        if c.name.is_empty()
-            || !c
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            issues.push((
-                "name".into(),
-                format!(
-                    "`{}` is not a valid name (use letters, digits, `-`, `_`, `.`)",
-                    c.name
-                ),
-            ));
+        if let Err(m) = check_trigger_name(&c.name) {
+            issues.push(("name".into(), m));
         }
         if !self.runnables.contains_key(&c.runnable) {
             let known: Vec<_> = self.runnables.keys().map(String::as_str).collect();
@@ -587,6 +691,10 @@ impl Config {
                 "must be at least 1 (a preprocessor that wants no job outputs nothing)".into(),
             ));
         }
+        let timeout = c.preprocessor.as_ref().and_then(|p| p.timeout);
+        if timeout.is_some_and(|t| t.is_zero()) {
+            issues.push(("preprocessor.timeout".into(), ZERO.into()));
+        }
         issues.extend(trigger.spec.validate(&c.name, routes));
         issues
     }
@@ -597,6 +705,30 @@ impl Config {
             .retry
             .clone()
             .unwrap_or_else(|| self.router.retry.clone())
+    }
+}
+
+/// What a zero size, count or duration is told: each of these would refuse, drop or time
+/// out everything.
+const ZERO: &str = "must be above zero";
+
+/// An `[admin] allowed_hosts` entry: a host name, optionally with `:port`.
+fn check_allowed_host(host: &str) -> Result<(), String> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a host name like `admin.example.com` or `admin.example.com:8443` \
+             (no scheme, path or wildcard)"
+        ))
     }
 }
 

@@ -157,6 +157,12 @@ impl Service {
                 tracing::warn!(trigger = %name, "trigger added through the API is shadowed by config.toml; the config.toml one runs");
                 continue;
             }
+            // Before validation, which hands Kafka properties (plugins) to librdkafka.
+            let programs = crate::config::program_keys(&t);
+            if !programs.is_empty() && !config.admin.as_ref().is_some_and(|a| a.allow_commands) {
+                tracing::error!(trigger = %name, keys = %programs.join(", "), "trigger added through the API runs programs but `[admin] allow_commands` is not true; it is kept in the store but not started");
+                continue;
+            }
             let issues = config.validate_trigger(&t, &mut Default::default());
             if !issues.is_empty() {
                 let text: Vec<String> = issues.iter().map(|(k, m)| format!("{k}: {m}")).collect();

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
+use millgate_actors::config::check_trigger_name;
 use millgate_actors::job::{JobId, JobRecord, JobStatus};
 use millgate_actors::router::RouterMsg;
 use millgate_actors::supervisor::{SupervisorMsg, TriggerEntry, TriggerError};
@@ -23,13 +24,14 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::guard::{check_programs, require_json};
 use super::{AdminState, ApiError};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "millgate admin API",
-        description = "Triggers, jobs, dead letters, status and live events of a millgate instance. Every route needs `Authorization: Bearer <admin token>`."
+        description = "Triggers, jobs, dead letters, status and live events of a millgate instance. Every route needs `Authorization: Bearer <admin token>` (`?token=` on GET /api/events only); writes with a body need `Content-Type: application/json` (or `application/toml` for a trigger); requests from other web origins or Host names are refused."
     ),
     tags((name = "triggers"), (name = "jobs"), (name = "system"))
 )]
@@ -62,29 +64,11 @@ type ApiResult<T> = Result<T, ApiError>;
 // ---------------------------------------------------------------------------------------------
 // Views
 
-const SECRET: &str = "***";
-
 /// The trigger's definition with its secrets replaced by `***`.
 fn redacted_config(c: &TriggerConfig) -> Value {
     let mut v = Value::Object(c.to_map());
-    redact(&mut v, false);
+    super::redact::redact(&mut v);
     v
-}
-
-/// Replaces credentials anywhere in a trigger's config (`auth`, MQTT `password`, Kafka
-/// `security.password`, NATS `seed`...). `key` is a secret only inside `auth`.
-fn redact(v: &mut Value, in_auth: bool) {
-    const SECRETS: &[&str] = &["token", "password", "secret", "key_password", "seed", "jwt"];
-    if let Value::Object(m) = v {
-        for (k, child) in m.iter_mut() {
-            let secret = SECRETS.contains(&k.as_str()) || (in_auth && k == "key");
-            if secret && !child.is_null() && !child.is_object() {
-                *child = json!(SECRET);
-            } else {
-                redact(child, k == "auth");
-            }
-        }
-    }
 }
 
 fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
@@ -202,13 +186,9 @@ async fn get_trigger(
 
 /// Parses a trigger from JSON or TOML (`content-type: application/toml`).
 fn parse_trigger(headers: &HeaderMap, body: &[u8]) -> ApiResult<TriggerConfig> {
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let toml = super::guard::media_type(headers).as_deref() == Some(super::guard::TOML);
     let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-    let map: Map<String, Value> = if ct.contains("toml") {
+    let map: Map<String, Value> = if toml {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             let m = e.message().trim();
             let detail = if m.is_empty() {
@@ -244,6 +224,10 @@ fn parse_trigger(headers: &HeaderMap, body: &[u8]) -> ApiResult<TriggerConfig> {
             }
         }
     };
+    // Checked first: the name is echoed in the messages below, and it becomes a metric label.
+    if let Some(Value::String(name)) = map.get("name") {
+        check_trigger_name(name).map_err(|m| ApiError::bad_request(format!("name: {m}")))?;
+    }
     TriggerConfig::from_map(map).map_err(|m| {
         // The config-file prefix ("trigger `x` (kind y): ") adds nothing to an API answer.
         let m = m
@@ -285,6 +269,7 @@ async fn add_trigger(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let t = parse_trigger(&headers, &body)?;
+    check_programs(&state, &t)?;
     let name = t.name().to_string();
     if owned_by_config(&state, &name) {
         return Err(ApiError::conflict(format!(
@@ -322,6 +307,7 @@ async fn replace_trigger(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let t = parse_trigger(&headers, &body)?;
+    check_programs(&state, &t)?;
     if t.name() != name {
         return Err(ApiError::invalid(format!(
             "name: the body names `{}` but the path names `{name}`; renaming is DELETE + POST",
@@ -359,7 +345,22 @@ async fn delete_trigger(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    entry(&state, &name)?;
+    if let Err(not_running) = entry(&state, &name) {
+        // Stored but not started (it runs programs without `allow_commands`, or no longer
+        // validates): removable all the same.
+        let store = &state.service.store;
+        let stored = store
+            .api_triggers()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if !stored.iter().any(|t| t.name() == name) {
+            return Err(not_running);
+        }
+        store
+            .remove_api_trigger(&name)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if owned_by_config(&state, &name) {
         return Err(ApiError::conflict(format!(
             "trigger `{name}` is defined in config.toml; remove it there"
@@ -817,8 +818,10 @@ async fn get_source_state(
 async fn put_source_state(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    require_json(&headers)?;
     let e = stateful(&state, &name, false)?;
     let new: Value = serde_json::from_slice(&body)
         .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
@@ -856,9 +859,11 @@ async fn put_source_state(
 async fn reset_trigger(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     use millgate_actors::triggers::kafka;
+    require_json(&headers)?;
     let e = entry(&state, &name)?;
     if e.runtime.kind() != "kafka" {
         return Err(ApiError::conflict(format!(

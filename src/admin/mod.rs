@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod guard;
 pub mod metrics;
 pub mod quarantine;
+pub mod redact;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -15,13 +18,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use millgate_actors::Service;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 /// What the admin handlers reach.
 #[derive(Clone)]
 pub struct AdminState {
     pub service: Arc<ServiceView>,
-    token: Arc<str>,
+    token: token::AdminToken,
+    pub listener: Arc<guard::Listener>,
+    /// `[admin] allow_commands`: triggers added here may run programs.
+    pub allow_commands: bool,
 }
 
 /// The parts of a running service the admin API uses (cheap clones of the service's handles).
@@ -39,7 +44,12 @@ pub struct ServiceView {
 }
 
 impl AdminState {
-    pub fn new(service: &Service, token: String) -> Self {
+    pub fn new(service: &Service, token: &str, listener: guard::Listener) -> Self {
+        let allow_commands = service
+            .config
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.allow_commands);
         Self {
             service: Arc::new(ServiceView {
                 config: service.config.clone(),
@@ -53,7 +63,9 @@ impl AdminState {
                 root: service.root(),
                 started_at: service.started_at,
             }),
-            token: token.into(),
+            token: token::AdminToken::new(token),
+            listener: Arc::new(listener),
+            allow_commands,
         }
     }
 }
@@ -105,7 +117,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Bearer token (or `?token=`, for EventSource and links), compared in constant time.
+/// The only route a browser cannot send headers to (`EventSource`): it may give `?token=`.
+const TOKEN_IN_QUERY: &str = "/api/events";
+
+/// Bearer token, compared in constant time (`?token=` on the event stream only).
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
     let from_header = req
         .headers()
@@ -114,7 +129,9 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim().to_string());
-    let from_query = req.uri().query().and_then(|q| {
+    let query_allowed =
+        req.method() == axum::http::Method::GET && req.uri().path() == TOKEN_IN_QUERY;
+    let from_query = req.uri().query().filter(|_| query_allowed).and_then(|q| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(q)
             .ok()?
             .into_iter()
@@ -122,7 +139,7 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             .map(|(_, v)| v)
     });
     match from_header.or(from_query) {
-        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
+        Some(t) if state.token.matches(&t) => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -132,7 +149,10 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing admin token: send `Authorization: Bearer <token>`",
+            format!(
+                "missing admin token: send `Authorization: Bearer <token>` (`?token=` is \
+                 accepted on GET {TOKEN_IN_QUERY} only)"
+            ),
         )
         .into_response(),
     }
@@ -167,5 +187,9 @@ pub fn router(state: AdminState) -> Router {
                 req.uri().path()
             ))
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_request,
+        ))
         .with_state(state)
 }

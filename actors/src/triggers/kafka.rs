@@ -313,6 +313,19 @@ impl KafkaConfig {
         issues
     }
 
+    /// The `properties` that would make librdkafka load or run code.
+    pub fn program_properties(&self) -> Vec<&str> {
+        self.properties
+            .keys()
+            .map(String::as_str)
+            .filter(|k| {
+                PROGRAM_PROPERTIES
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(k.trim()))
+            })
+            .collect()
+    }
+
     pub fn group_id(&self, trigger: &str) -> String {
         self.group_id
             .clone()
@@ -394,14 +407,39 @@ impl KafkaConfig {
     }
 }
 
+/// librdkafka's message for a refused property, naming the key but never its value: the value
+/// may be a secret (`sasl.oauthbearer.client.secret`), and librdkafka quotes it.
 fn describe_config_error(e: &KafkaError) -> String {
     match e {
         KafkaError::ClientConfig(_, desc, key, value) => {
-            format!("`{key}` = `{value}`: {desc}")
+            format!("`{key}`: {}", without_value(desc, value))
         }
         other => other.to_string(),
     }
 }
+
+fn without_value(text: &str, value: &str) -> String {
+    if value.is_empty() {
+        return text.to_string();
+    }
+    let text = text.replace(&format!("\"{value}\""), "(value not shown)");
+    // Unquoted echoes too, unless the value is so short that it would mangle the words.
+    if value.len() >= 4 {
+        text.replace(value, "***")
+    } else {
+        text
+    }
+}
+
+/// librdkafka properties that load or run code (shared libraries, OpenSSL engines and
+/// providers, a shell command); compared without case.
+pub const PROGRAM_PROPERTIES: &[&str] = &[
+    "plugin.library.paths",
+    "sasl.kerberos.kinit.cmd",
+    "ssl.engine.location",
+    "ssl.engine.id",
+    "ssl.providers",
+];
 
 fn valid_topic(t: &str) -> bool {
     t.len() <= 249
@@ -1542,6 +1580,26 @@ mod tests {
         )
         .expect_err("unknown protocol");
         assert!(e.to_string().contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn refused_properties_are_named_without_their_values() {
+        let c = cfg(json!({"brokers": ["b:1"], "topics": ["t"],
+            "properties": {"sasl.oauthbearer.client.secret": "hunter2-secret"}}));
+        let issues = c.validate();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].1.contains("sasl.oauthbearer.client.secret"),
+            "{issues:?}"
+        );
+        assert!(!issues[0].1.contains("hunter2"), "{issues:?}");
+        assert_eq!(
+            without_value(r#"Invalid value "hunter2" for "x.password""#, "hunter2"),
+            r#"Invalid value (value not shown) for "x.password""#
+        );
+        let c = cfg(json!({"brokers": ["b:1"], "topics": ["t"],
+            "properties": {"Plugin.Library.Paths": "/x.so", "fetch.max.bytes": "10"}}));
+        assert_eq!(c.program_properties(), ["Plugin.Library.Paths"]);
     }
 
     #[test]
