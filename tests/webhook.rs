@@ -470,6 +470,13 @@ dedup_key = '.body.order_id'
 # A slow preprocessor: copies arriving together are all past the dedup lookup before the first
 # one's jobs are written.
 preprocessor = { command = ["sh", "-c", "sleep 0.3; cat"] }
+
+# A key that is more than a path: computed by a jq worker.
+[[triggers]]
+name = "folded"
+kind = "webhook"
+runnable = "echo"
+dedup_key = '.body.order_id | ascii_downcase'
 "#,
     )
     .await;
@@ -491,6 +498,15 @@ preprocessor = { command = ["sh", "-c", "sleep 0.3; cat"] }
         "{copies:?}"
     );
     assert_eq!(t.jobs_of("orders").len(), 2);
+    let (status, first) = t
+        .post_json("/hooks/folded", None, &json!({"order_id": "O-3"}))
+        .await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = t
+        .post_json("/hooks/folded", None, &json!({"order_id": "o-3"}))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["job_ids"], first["job_ids"]);
     // Refused as a configuration error when the expression does not compile.
     let dir = tempfile::tempdir().unwrap();
     let text = format!(

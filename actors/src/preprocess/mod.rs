@@ -15,7 +15,7 @@ mod key;
 
 pub use jq::JqFilter;
 pub use jq_pool::{set_worker_exe, JqPool, JqSettings};
-pub use key::KeyExpr;
+pub use key::{key_text, KeyExpr};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -79,9 +79,7 @@ impl Store {
             })?;
         // An unreadable state is quarantined: the source starts over rather than not at all.
         let value = match read.0 {
-            Some(bytes) => {
-                self.decode_or_quarantine(TREE, &states, trigger.as_bytes(), &bytes)?
-            }
+            Some(bytes) => self.decode_or_quarantine(TREE, &states, trigger.as_bytes(), &bytes)?,
             None => None,
         };
         Ok((value, read.1))

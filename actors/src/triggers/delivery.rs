@@ -14,86 +14,131 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::push::{IncomingRequest, Rejection};
-use crate::preprocess::JqFilter;
+use crate::preprocess::{KeyExpr, PreprocessError, PreprocessorPool, DEFAULT_JQ_TIMEOUT};
 
 /// Ids longer than this are replaced by their SHA-256: they are keys of the dedup tree.
 const MAX_ID_LEN: usize = 128;
 
 /// `dedup_key = '<jq>'`: the expression's first output identifies the event; events with the
-/// same value within the dedup window make jobs once. Compiled when the config is read.
+/// same value within the dedup window make jobs once. Compiled when the config is read: a path
+/// or a template is read natively, any other filter runs in the jq workers.
 #[derive(Clone)]
-pub struct DedupKey(JqFilter);
-
-impl DedupKey {
-    /// The key of `event`: `None` when the expression yields nothing or `null`.
-    fn of(&self, event: &Value) -> Result<Option<String>, String> {
-        let out = self.0.run(event)?.into_iter().next();
-        Ok(match out {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => Some(other.to_string()),
-        })
-    }
+pub struct DedupKey {
+    source: String,
+    expr: KeyExpr,
 }
 
 impl std::fmt::Debug for DedupKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DedupKey({:?})", self.0.source())
+        write!(f, "DedupKey({:?})", self.source)
     }
 }
 
 impl PartialEq for DedupKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.source() == other.0.source()
+        self.source == other.source
     }
 }
 
 impl Serialize for DedupKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.source())
+        s.serialize_str(&self.source)
     }
 }
 
 impl<'de> Deserialize<'de> for DedupKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let code = String::deserialize(d)?;
-        JqFilter::compile(&code)
-            .map(DedupKey)
+        let source = String::deserialize(d)?;
+        KeyExpr::compile(&source)
+            .map(|expr| DedupKey { source, expr })
             .map_err(serde::de::Error::custom)
     }
 }
 
-/// The event id of a pushed request; `None` for a unique one. `delivery` is the sender's
-/// delivery id, when its signature preset gives one.
+/// Where a pushed event's id comes from.
+pub enum EventId {
+    /// Known at once: deterministic (`Some`) or unique (`None`).
+    Known(Option<String>),
+    /// A jq `dedup_key` decides (in a jq worker, [`EventId::resolve`]); `fallback` is the id
+    /// when it yields nothing.
+    ByFilter {
+        trigger: String,
+        key: KeyExpr,
+        fallback: Option<String>,
+    },
+}
+
+impl EventId {
+    /// The id, running a jq `dedup_key` in the jq workers when there is one.
+    pub async fn resolve(
+        self,
+        pool: &PreprocessorPool,
+        event: &Value,
+    ) -> Result<Option<String>, Rejection> {
+        match self {
+            EventId::Known(id) => Ok(id),
+            EventId::ByFilter {
+                trigger,
+                key,
+                fallback,
+            } => match pool.key(&key, event, DEFAULT_JQ_TIMEOUT).await {
+                Ok(Some(k)) if k != "null" => Ok(Some(keyed(&trigger, k))),
+                Ok(_) => Ok(fallback),
+                Err(PreprocessError::PoolDown) => Err(Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stopping",
+                    "the service is stopping",
+                )),
+                Err(e) => Err(dedup_key_failed(e)),
+            },
+        }
+    }
+}
+
+fn keyed(trigger: &str, key: String) -> String {
+    format!("{trigger}:key:{}", bounded(key))
+}
+
+fn dedup_key_failed(e: impl std::fmt::Display) -> Rejection {
+    Rejection::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_dedup_key",
+        format!("dedup_key failed on this event: {e}"),
+    )
+}
+
+/// The event id of a pushed request. `delivery` is the sender's delivery id, when its signature
+/// preset gives one.
 pub fn event_id(
     trigger: &str,
     dedup_key: Option<&DedupKey>,
     delivery: Option<String>,
     req: &IncomingRequest,
     event: &Value,
-) -> Result<Option<String>, Rejection> {
-    if let Some(key) = dedup_key {
-        match key.of(event) {
-            Ok(Some(k)) => return Ok(Some(format!("{trigger}:key:{}", bounded(k)))),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Rejection::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "bad_dedup_key",
-                    format!("dedup_key failed on this event: {e}"),
-                ))
-            }
-        }
+) -> Result<EventId, Rejection> {
+    let fallback = match delivery {
+        Some(d) => Some(format!("{trigger}:delivery:{}", bounded(d))),
+        None => req
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty())
+            .map(|k| format!("{trigger}:idem:{}", bounded(k.to_string()))),
+    };
+    let Some(key) = dedup_key else {
+        return Ok(EventId::Known(fallback));
+    };
+    if let KeyExpr::Jq(_) = key.expr {
+        return Ok(EventId::ByFilter {
+            trigger: trigger.to_string(),
+            key: key.expr.clone(),
+            fallback,
+        });
     }
-    if let Some(d) = delivery {
-        return Ok(Some(format!("{trigger}:delivery:{}", bounded(d))));
-    }
-    Ok(req
-        .headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-        .map(|k| format!("{trigger}:idem:{}", bounded(k.to_string()))))
+    Ok(EventId::Known(match key.expr.eval(event) {
+        Some(k) if k != "null" => Some(keyed(trigger, k)),
+        _ => fallback,
+    }))
 }
 
 fn bounded(id: String) -> String {
@@ -151,15 +196,13 @@ mod tests {
     #[test]
     fn dedup_key_compiles_at_parse_and_yields_strings() {
         let k: DedupKey = serde_json::from_value(serde_json::json!(".body.id")).unwrap();
+        let of = |e: Value| k.expr.eval(&e).filter(|k| k != "null");
         assert_eq!(
-            k.of(&serde_json::json!({"body": {"id": "a"}})).unwrap(),
+            of(serde_json::json!({"body": {"id": "a"}})),
             Some("a".into())
         );
-        assert_eq!(
-            k.of(&serde_json::json!({"body": {"id": 7}})).unwrap(),
-            Some("7".into())
-        );
-        assert_eq!(k.of(&serde_json::json!({"body": {}})).unwrap(), None);
+        assert_eq!(of(serde_json::json!({"body": {"id": 7}})), Some("7".into()));
+        assert_eq!(of(serde_json::json!({"body": {}})), None);
         let e = serde_json::from_value::<DedupKey>(serde_json::json!(".body.[")).unwrap_err();
         assert!(e.to_string().contains("cannot parse jq filter"), "{e}");
         assert!(bounded("x".repeat(500)).starts_with("sha256:"));

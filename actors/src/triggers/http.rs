@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use axum::http::HeaderMap;
 
-use super::delivery::DedupKey;
+use super::delivery::{DedupKey, EventId};
 use super::http_auth::HttpAuth;
 use super::push::{IncomingRequest, PushKind, Rejection};
 use super::Mode;
@@ -121,7 +121,7 @@ impl PushKind for HttpRouteConfig {
         trigger: &str,
         req: &IncomingRequest,
         event: &Value,
-    ) -> Result<Option<String>, Rejection> {
+    ) -> Result<EventId, Rejection> {
         let delivery = self.auth.delivery_id(&req.headers, event);
         super::delivery::event_id(trigger, self.dedup_key.as_ref(), delivery, req, event)
     }

@@ -33,7 +33,7 @@ use super::schedule::{utc_name, Overlap, TimedMsg, TimedState, Work};
 use super::SourceArgs;
 use crate::event::Event;
 use crate::job::JobId;
-use crate::preprocess::JqFilter;
+use crate::preprocess::{KeyExpr, DEFAULT_JQ_TIMEOUT};
 use crate::runners::{RunContext, Runnable};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ impl PollConfig {
             issues.push(("poll_runnable".into(), "must name a runnable".into()));
         }
         if let Some(k) = &self.dedup_key {
-            if let Err(m) = JqFilter::compile(k) {
+            if let Err(m) = KeyExpr::compile(k) {
                 issues.push(("dedup_key".into(), m));
             }
         }
@@ -87,7 +87,7 @@ impl PollConfig {
 pub struct PollWork {
     pub config: PollConfig,
     runnable: Arc<Runnable>,
-    dedup_key: Option<JqFilter>,
+    dedup_key: Option<KeyExpr>,
 }
 
 impl PollWork {
@@ -101,7 +101,7 @@ impl PollWork {
         let dedup_key = config
             .dedup_key
             .as_deref()
-            .map(JqFilter::compile)
+            .map(KeyExpr::compile)
             .transpose()
             .map_err(|m| format!("dedup_key: {m}"))?;
         Ok(Self {
@@ -143,13 +143,6 @@ fn short(v: &Value) -> String {
         format!("{}…", &s[..cut])
     } else {
         s
-    }
-}
-
-fn key_text(v: Value) -> String {
-    match v {
-        Value::String(s) => s,
-        other => other.to_string(),
     }
 }
 
@@ -222,10 +215,14 @@ impl TimedState {
             let Work::Poll(work) = &self.work else {
                 return Ok(());
             };
+            // Paths and templates natively, other filters in the jq workers.
             let key = match &work.dedup_key {
-                Some(f) => match f.run(&item) {
-                    Ok(mut outs) if !outs.is_empty() => Some(key_text(outs.swap_remove(0))),
-                    Ok(_) => None,
+                Some(expr) => match intake
+                    .preprocessors
+                    .key(expr, &item, DEFAULT_JQ_TIMEOUT)
+                    .await
+                {
+                    Ok(key) => key,
                     Err(e) => {
                         tracing::warn!(trigger = %name, error = %e, "dedup_key failed on an item; it is not deduplicated");
                         None

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::delivery::EventId;
 use super::{Accepted, Intake, IntakeError, Mode, TriggerRuntime};
 use crate::event::Event;
 use crate::intake::admission::Reservation;
@@ -100,13 +101,13 @@ pub trait PushKind: Send + Sync {
     /// Whether the caller may read this trigger's jobs (`GET /jobs/{id}`).
     fn authorize_reader(&self, headers: &HeaderMap, query: &[(String, String)]) -> bool;
     fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection>;
-    /// The event's deterministic id (see [`super::delivery`]), `None` for a unique one.
+    /// Where the event's id comes from (see [`super::delivery`]).
     fn event_id(
         &self,
         trigger: &str,
         req: &IncomingRequest,
         event: &Value,
-    ) -> Result<Option<String>, Rejection>;
+    ) -> Result<EventId, Rejection>;
     fn mode(&self) -> Mode;
     fn sync_timeout(&self) -> Option<Duration>;
 }
@@ -194,9 +195,8 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
             return;
         }
     };
-    let event = match kind.event_id(rt.name(), &req, &payload) {
-        Ok(Some(id)) => Event::deterministic(id, payload),
-        Ok(None) => Event::unique(rt.name(), payload),
+    let event_id = match kind.event_id(rt.name(), &req, &payload) {
+        Ok(id) => id,
         Err(rej) => {
             let _ = reply.send(PushResponse::error(rej.status, rej.code, rej.message));
             return;
@@ -208,13 +208,23 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
         "event",
         trigger = %rt.name(),
         kind = %rt.config.common.kind,
-        event_id = %event.id,
+        event_id = tracing::field::Empty,
     );
     let intake = state.intake.clone();
     let watchers = state.watchers.clone();
     tokio::spawn(
         async move {
-            tracing::info!("event received");
+            // A jq `dedup_key` runs in the jq workers, off the actor.
+            let event = match event_id.resolve(&intake.preprocessors, &payload).await {
+                Ok(Some(id)) => Event::deterministic(id, payload),
+                Ok(None) => Event::unique(rt.name(), payload),
+                Err(rej) => {
+                    let _ = reply.send(PushResponse::error(rej.status, rej.code, rej.message));
+                    return;
+                }
+            };
+            tracing::Span::current().record("event_id", event.id.as_str());
+            tracing::debug!("event received");
             let response =
                 journey(&rt, &intake, &watchers, event, reservation, mode, timeout).await;
             let _ = reply.send(response);

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::delivery::DedupKey;
+use super::delivery::{DedupKey, EventId};
 use super::push::{IncomingRequest, PushKind, Rejection};
 use super::Mode;
 use axum::http::{HeaderMap, StatusCode};
@@ -110,7 +110,7 @@ impl PushKind for WebhookConfig {
         trigger: &str,
         req: &IncomingRequest,
         event: &Value,
-    ) -> Result<Option<String>, Rejection> {
+    ) -> Result<EventId, Rejection> {
         super::delivery::event_id(trigger, self.dedup_key.as_ref(), None, req, event)
     }
 

@@ -23,9 +23,7 @@ use tokio::sync::mpsc;
 use super::{set_status, Ack, Incoming, Link, Message, MqttSubscription};
 use crate::event::Event;
 use crate::router::AckHandle;
-use crate::triggers::{
-    Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime, TriggerSpec,
-};
+use crate::triggers::{Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime, TriggerSpec};
 
 /// Messages received and not yet taken by the trigger, at most.
 pub(super) const QUEUE: usize = 1024;
