@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use millgate_actors::ack::{AckHandle, Watchers};
 use millgate_actors::config::{RetryPolicy, StoreConfig};
 use millgate_actors::job::JobRecord;
-use millgate_actors::preprocess::{default_args, JqFilter};
-use millgate_actors::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
-use millgate_actors::runners::{self, Runnable};
+use millgate_actors::preprocess::JqFilter;
+use millgate_actors::router::{JobRouter, RoutedJob, RouterArgs, RouterMsg};
+use millgate_actors::runners::Runnable;
 use millgate_actors::store::Store;
+use millgate_actors::triggers::webhook::body_args;
 use ractor::Actor;
 use serde_json::{json, Value};
 
@@ -44,7 +46,7 @@ fn bench_jq(c: &mut Criterion) {
     let mut g = c.benchmark_group("preprocess");
     g.throughput(Throughput::Elements(1));
     g.bench_function("default_mapping", |b| {
-        b.iter(|| default_args("webhook", std::hint::black_box(&event)))
+        b.iter(|| body_args(std::hint::black_box(&event)))
     });
     let pick = JqFilter::compile("{order: .body.id, email: .body.customer.email}").unwrap();
     g.bench_function("jq_pick_fields", |b| {
@@ -87,6 +89,7 @@ fn bench_router(c: &mut Criterion) {
     let router = rt.block_on(async {
         let mut runnables = HashMap::new();
         runnables.insert("echo".to_string(), (Arc::new(Runnable::Echo), None));
+        let (root, _) = Actor::spawn(None, Idle, ()).await.unwrap();
         let (router, _) = Actor::spawn(
             None,
             JobRouter,
@@ -95,15 +98,13 @@ fn bench_router(c: &mut Criterion) {
                 runnables,
                 watchers: Arc::new(Watchers::default()),
                 bus: millgate_actors::events::EventBus::default(),
+                runners: 4,
+                supervisor: root.get_cell(),
+                pool_name: None,
             },
         )
         .await
         .unwrap();
-        let (root, _) = Actor::spawn(None, Idle, ()).await.unwrap();
-        let pool = runners::spawn_pool(4, router.clone(), root.get_cell(), None)
-            .await
-            .unwrap();
-        router.cast(RouterMsg::AttachPool(pool)).unwrap();
         router
     });
     const BATCH: usize = 1000;

@@ -188,7 +188,7 @@ fn print_summary(c: &Config) {
         println!(
             "  {} [{}{}{}{}] {endpoint} -> {}",
             t.common.name,
-            t.common.kind,
+            t.kind_label(),
             mode,
             pre,
             if t.common.enabled { "" } else { ", disabled" },

@@ -134,7 +134,7 @@ fn toml_examples_are_valid_configurations() {
 #[test]
 fn default_config_defines_a_webhook_a_route_and_their_runnable() {
     let c = millgate::load_str(millgate::DEFAULT_CONFIG, "config.toml", |_| None).unwrap();
-    let kinds: Vec<&str> = c.triggers.iter().map(|t| t.common.kind.as_str()).collect();
+    let kinds: Vec<&str> = c.triggers.iter().map(|t| t.kind_label()).collect();
     assert!(
         kinds.contains(&"webhook") && kinds.contains(&"http"),
         "{kinds:?}"

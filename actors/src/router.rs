@@ -3,21 +3,20 @@
 //! failing, and settles each job's acknowledgement once its outcome is on disk.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use crate::config::RetryPolicy;
-use crate::events::{EventBus, SystemEvent};
-use crate::job::{JobId, JobOutcome, JobRecord, JobStatus, TimelineEntry};
-use crate::metrics;
-use crate::runners::{self, RunContext, RunJob, RunReport, Runnable, RunnerPoolRef};
+use crate::model::ack::{AckHandle, Watchers};
+use crate::model::events::{EventBus, SystemEvent};
+use crate::model::job::JobRecord;
+use crate::model::job::{JobId, JobOutcome, JobStatus, TimelineEntry};
+use crate::model::metrics;
+use crate::model::settings::RetryPolicy;
+use crate::runners::{self, RunContext, RunJob, RunReport, RunReports, Runnable, RunnerPoolRef};
 use crate::store::Store;
-use crate::triggers::TriggerCounters;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -29,8 +28,8 @@ pub enum RouterMsg {
     Finished(RunReport),
     /// A failed job's backoff has passed.
     RetryDue(JobId),
-    /// The runner pool to use (sent once at start: the pool is spawned after the router).
-    AttachPool(RunnerPoolRef),
+    /// The runner pool the router started (for its queue statistics).
+    RunnerPool(RpcReplyPort<RunnerPoolRef>),
     Stats(RpcReplyPort<RouterStats>),
     /// Per runnable: (running, waiting for the concurrency limit).
     RunnableStats(RpcReplyPort<HashMap<String, (usize, usize)>>),
@@ -54,100 +53,6 @@ pub struct RouterStats {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Acknowledgements and waiters
-
-type SettleFn = Box<dyn FnOnce(&JobOutcome) + Send>;
-
-/// What a source needs done when its job's outcome is settled: a Kafka commit, a JetStream
-/// ack, a sync HTTP answer. Dropping it (settled or not) releases the trigger's in-flight slot.
-#[derive(Default)]
-pub struct AckHandle {
-    on_settle: Option<SettleFn>,
-    in_flight: Vec<Arc<AtomicUsize>>,
-    counters: Option<Arc<TriggerCounters>>,
-}
-
-impl AckHandle {
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    pub fn on_settle(f: impl FnOnce(&JobOutcome) + Send + 'static) -> Self {
-        Self {
-            on_settle: Some(Box::new(f)),
-            in_flight: Vec::new(),
-            counters: None,
-        }
-    }
-
-    /// Counts the job's outcome in its trigger's counters.
-    pub fn count_outcome(&mut self, counters: Arc<TriggerCounters>) {
-        self.counters = Some(counters);
-    }
-
-    /// Counts the job against a trigger's `max_in_flight` until the handle is dropped.
-    pub fn add_in_flight(&mut self, counter: Arc<AtomicUsize>) {
-        self.in_flight.push(counter);
-    }
-
-    pub fn settle(mut self, outcome: &JobOutcome) {
-        if let Some(c) = &self.counters {
-            let counter = match outcome {
-                JobOutcome::Succeeded(_) => &c.jobs_succeeded,
-                JobOutcome::DeadLettered(_) => &c.jobs_dead_lettered,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(f) = self.on_settle.take() {
-            f(outcome);
-        }
-    }
-}
-
-impl Drop for AckHandle {
-    fn drop(&mut self) {
-        for c in &self.in_flight {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// Whoever wants to hear when a job ends (sync requests, `GET /jobs/{id}?wait`).
-#[derive(Default)]
-pub struct Watchers {
-    waiting: Mutex<HashMap<JobId, Vec<oneshot::Sender<JobOutcome>>>>,
-}
-
-impl Watchers {
-    pub fn watch(&self, id: JobId) -> oneshot::Receiver<JobOutcome> {
-        let (tx, rx) = oneshot::channel();
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        w.entry(id).or_default().push(tx);
-        rx
-    }
-
-    pub fn forget(&self, id: JobId) {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = w.get_mut(&id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                w.remove(&id);
-            }
-        }
-    }
-
-    fn notify(&self, id: JobId, outcome: &JobOutcome) {
-        let list = {
-            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            w.remove(&id)
-        };
-        for tx in list.into_iter().flatten() {
-            let _ = tx.send(outcome.clone());
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The actor
 
 pub struct JobRouter;
@@ -157,6 +62,11 @@ pub struct RouterArgs {
     pub runnables: HashMap<String, (Arc<Runnable>, Option<usize>)>,
     pub watchers: Arc<Watchers>,
     pub bus: EventBus,
+    /// Runners to start; their pool is linked to `supervisor` (beside the router, not under
+    /// it) and reports to the router through a [`RunReports`].
+    pub runners: usize,
+    pub supervisor: ractor::ActorCell,
+    pub pool_name: Option<String>,
 }
 
 struct InFlight {
@@ -176,7 +86,7 @@ struct Gate {
 
 pub struct RouterState {
     store: Store,
-    pool: Option<RunnerPoolRef>,
+    pool: RunnerPoolRef,
     runnables: HashMap<String, Arc<Runnable>>,
     gates: HashMap<String, Gate>,
     keys: HashMap<String, VecDeque<JobId>>,
@@ -192,9 +102,13 @@ impl Actor for JobRouter {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
+        let reports =
+            RunReports::new(move |report| myself.cast(RouterMsg::Finished(report)).is_ok());
+        let pool =
+            runners::spawn_pool(args.runners, reports, args.supervisor, args.pool_name).await?;
         let mut gates = HashMap::new();
         let mut runnables = HashMap::new();
         for (name, (r, limit)) in args.runnables {
@@ -209,7 +123,7 @@ impl Actor for JobRouter {
         }
         Ok(RouterState {
             store: args.store,
-            pool: None,
+            pool,
             runnables,
             gates,
             keys: HashMap::new(),
@@ -226,7 +140,9 @@ impl Actor for JobRouter {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::AttachPool(pool) => state.pool = Some(pool),
+            RouterMsg::RunnerPool(reply) => {
+                let _ = reply.send(state.pool.clone());
+            }
             RouterMsg::Submit(jobs) => {
                 for job in jobs {
                     state.admit(job);
@@ -345,15 +261,8 @@ impl RouterState {
             .order_key
             .clone()
             .unwrap_or_else(|| id.to_string());
-        match &self.pool {
-            Some(pool) => {
-                if let Err(e) = runners::dispatch(pool, key, run) {
-                    tracing::error!(job_id = %id, error = %e, "runner pool refused the job; it stays queued for the next start");
-                }
-            }
-            None => {
-                tracing::error!(job_id = %id, "no runner pool attached; the job stays queued for the next start")
-            }
+        if let Err(e) = runners::dispatch(&self.pool, key, run) {
+            tracing::error!(job_id = %id, error = %e, "runner pool refused the job; it stays queued for the next start");
         }
     }
 

@@ -10,17 +10,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::events::EventBus;
 use crate::ingress::connections::{ConnectionLimits, Connections};
 use crate::ingress::http::{app, BodyBudget, IngressState};
+use crate::model::ack::{AckHandle, Watchers};
+use crate::model::events::EventBus;
 use crate::preprocess::{JqSettings, PreprocessorPool};
-use crate::router::{AckHandle, JobRouter, RoutedJob, RouterArgs, RouterMsg, Watchers};
+use crate::router::{JobRouter, RoutedJob, RouterArgs, RouterMsg};
 use crate::runners::{self, Runnable};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{
     Registry, RootMsg, RootSupervisor, SupervisorMsg, TriggerSupervisor, TriggerSupervisorArgs,
 };
-use crate::triggers::{Intake, Source};
+use crate::triggers::{Intake, Origin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -63,7 +64,7 @@ impl Service {
             return Err(ServiceError::Config(text.join("\n")));
         }
         let config = Arc::new(config);
-        crate::json::set_max_depth(config.server.max_json_depth);
+        crate::model::json::set_max_depth(config.server.max_json_depth);
         let store = Store::open(&config.store)?;
         let spawn_err = |e: ractor::SpawnErr| ServiceError::Spawn(e.to_string());
 
@@ -90,21 +91,15 @@ impl Service {
                 runnables,
                 watchers: watchers.clone(),
                 bus: bus.clone(),
+                runners: config.router.runners,
+                supervisor: root.get_cell(),
+                pool_name: named("runner-pool"),
             },
             root.get_cell(),
         )
         .await
         .map_err(spawn_err)?;
-        let pool = runners::spawn_pool(
-            config.router.runners,
-            router.clone(),
-            root.get_cell(),
-            named("runner-pool"),
-        )
-        .await
-        .map_err(spawn_err)?;
-        router
-            .cast(RouterMsg::AttachPool(pool.clone()))
+        let pool = ractor::call!(router, RouterMsg::RunnerPool)
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
         let preprocessors = PreprocessorPool::spawn(
             config.router.runners.clamp(2, 16),
@@ -128,6 +123,7 @@ impl Service {
             named("trigger-supervisor"),
             TriggerSupervisor,
             TriggerSupervisorArgs {
+                runnables: Arc::new(config.runnables.clone()),
                 config: config.clone(),
                 registry: registry.clone(),
                 intake: intake.clone(),
@@ -146,12 +142,23 @@ impl Service {
                 triggers,
                 SupervisorMsg::Add,
                 Box::new(t.clone()),
-                Source::Config
+                Origin::Config
             )
             .map_err(|e| ServiceError::Spawn(e.to_string()))?;
             added.map_err(|e| ServiceError::Config(format!("trigger `{name}`: {e}")))?;
         }
-        for t in store.api_triggers()? {
+        for definition in store.api_triggers()? {
+            let t = match definition {
+                serde_json::Value::Object(map) => crate::triggers::TriggerConfig::from_map(map),
+                _ => Err("not a table".to_string()),
+            };
+            let t = match t {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "a trigger added through the API cannot be read by this build; it is kept in the store but not started");
+                    continue;
+                }
+            };
             let name = t.common.name.clone();
             if config.triggers.iter().any(|c| c.common.name == name) {
                 tracing::warn!(trigger = %name, "trigger added through the API is shadowed by config.toml; the config.toml one runs");
@@ -169,7 +176,7 @@ impl Service {
                 tracing::error!(trigger = %name, problems = %text.join("; "), "trigger added through the API no longer validates against config.toml; it is kept in the store but not started");
                 continue;
             }
-            let added = ractor::call!(triggers, SupervisorMsg::Add, Box::new(t), Source::Api)
+            let added = ractor::call!(triggers, SupervisorMsg::Add, Box::new(t), Origin::Api)
                 .map_err(|e| ServiceError::Spawn(e.to_string()))?;
             if let Err(e) = added {
                 tracing::error!(trigger = %name, error = %e, "trigger added through the API could not be started");
@@ -267,7 +274,7 @@ impl Service {
 
 /// Dispatches the jobs that were queued or running when the process last stopped.
 fn recover(
-    unfinished: Vec<crate::job::JobRecord>,
+    unfinished: Vec<crate::model::job::JobRecord>,
     registry: &Registry,
     router: &ActorRef<RouterMsg>,
     config: &Config,

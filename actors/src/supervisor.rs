@@ -16,12 +16,14 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::events::SystemEvent;
-use crate::router::Watchers;
+use crate::model::ack::Watchers;
+use crate::model::events::SystemEvent;
 use crate::store::TriggerFlags;
 use crate::triggers::http::RouteTable;
 use crate::triggers::push::{PushArgs, PushMsg, PushTrigger};
-use crate::triggers::{Intake, Source, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState};
+use crate::triggers::{
+    Intake, Origin, SourceArgs, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -30,7 +32,7 @@ pub enum SupervisorMsg {
     /// Registers a trigger and starts its actor (unless disabled).
     Add(
         Box<TriggerConfig>,
-        Source,
+        Origin,
         RpcReplyPort<Result<(), TriggerError>>,
     ),
     /// Swaps a trigger for a new definition: the old actor stops, the new one starts.
@@ -68,6 +70,9 @@ pub enum TriggerError {
 
 /// One trigger as the rest of the system sees it.
 pub struct TriggerEntry {
+    pub config: Arc<TriggerConfig>,
+    /// Where it was defined.
+    pub origin: Origin,
     pub runtime: Arc<TriggerRuntime>,
     push: RwLock<Option<ActorRef<PushMsg>>>,
 }
@@ -127,7 +132,7 @@ impl Registry {
         let entries = self.all();
         let existing = entries
             .iter()
-            .map(|e| &e.runtime.config)
+            .map(|e| e.config.as_ref())
             .filter(|c| candidate.is_none_or(|cand| cand.name() != c.name()));
         for c in existing.chain(candidate) {
             if let TriggerSpec::Http(h) = &c.spec {
@@ -167,7 +172,7 @@ impl TriggerEntry {
         let rt = &self.runtime;
         TriggerStatus {
             name: rt.name().to_string(),
-            kind: rt.config.common.kind.clone(),
+            kind: rt.kind().to_string(),
             state: rt.state(),
             restarts: rt.restarts.load(Ordering::Relaxed),
             in_flight: rt.in_flight.load(Ordering::Relaxed),
@@ -182,6 +187,8 @@ pub struct TriggerSupervisor;
 
 pub struct TriggerSupervisorArgs {
     pub config: Arc<Config>,
+    /// The configuration's runnables (a poll trigger runs one of them to poll).
+    pub runnables: Arc<BTreeMap<String, crate::model::settings::RunnableConfig>>,
     pub registry: Arc<Registry>,
     pub intake: Intake,
     pub watchers: Arc<Watchers>,
@@ -312,13 +319,10 @@ impl Actor for TriggerSupervisor {
 }
 
 impl TriggerSupervisorState {
-    fn runtime_for(
-        &self,
-        config: TriggerConfig,
-        source: Source,
-    ) -> Result<TriggerRuntime, TriggerError> {
-        let retry = self.args.config.retry_for(&config);
-        TriggerRuntime::new(config, source, retry, self.args.config.router.max_in_flight)
+    fn runtime_for(&self, config: &TriggerConfig) -> Result<TriggerRuntime, TriggerError> {
+        let retry = self.args.config.retry_for(config);
+        config
+            .runtime(retry, self.args.config.router.max_in_flight)
             .map_err(TriggerError::Invalid)
     }
 
@@ -338,7 +342,7 @@ impl TriggerSupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         config: TriggerConfig,
-        source: Source,
+        origin: Origin,
     ) -> Result<(), TriggerError> {
         let name = config.common.name.clone();
         if self.args.registry.get(&name).is_some() {
@@ -352,14 +356,14 @@ impl TriggerSupervisorState {
                 .route_table(Some(&config))
                 .map_err(TriggerError::Invalid)?;
         }
-        let runtime = self.runtime_for(config, source)?;
+        let runtime = self.runtime_for(&config)?;
         let flags = self
             .args
             .intake
             .store
             .trigger_flags(&name)
             .map_err(|e| TriggerError::Store(e.to_string()))?;
-        let enabled = flags.map_or(runtime.config.common.enabled, |f| f.enabled);
+        let enabled = flags.map_or(config.common.enabled, |f| f.enabled);
         if let Some(f) = flags {
             runtime.suspended.store(f.suspended, Ordering::Release);
         }
@@ -367,6 +371,8 @@ impl TriggerSupervisorState {
             runtime.set_state(TriggerState::Disabled);
         }
         let entry = Arc::new(TriggerEntry {
+            config: Arc::new(config),
+            origin,
             runtime: Arc::new(runtime),
             push: RwLock::new(None),
         });
@@ -400,20 +406,22 @@ impl TriggerSupervisorState {
             .registry
             .route_table(Some(&config))
             .map_err(TriggerError::Invalid)?;
-        let runtime = self.runtime_for(config, old.runtime.source)?;
+        let runtime = self.runtime_for(&config)?;
         self.stop_actor(&name);
         // The new definition is authoritative: earlier enable/suspend flags no longer apply.
         let store = &self.args.intake.store;
         let flags = TriggerFlags {
-            enabled: runtime.config.common.enabled,
+            enabled: config.common.enabled,
             suspended: false,
         };
         store
             .put_trigger_flags(&name, flags)
             .await
             .map_err(|e| TriggerError::Store(e.to_string()))?;
-        let enabled = runtime.config.common.enabled;
+        let enabled = config.common.enabled;
         let entry = Arc::new(TriggerEntry {
+            config: Arc::new(config),
+            origin: old.origin,
             runtime: Arc::new(runtime),
             push: RwLock::new(None),
         });
@@ -533,18 +541,26 @@ impl TriggerSupervisorState {
             return;
         };
         let rt = entry.runtime.clone();
-        let spawned = match rt.config.spec.push() {
-            None => {
-                let args = crate::triggers::SourceArgs {
-                    runtime: rt.clone(),
-                    intake: self.args.intake.clone(),
-                    config: self.args.config.clone(),
-                };
-                crate::triggers::spawn_source(args, myself.get_cell()).await
-            }
-            Some(_) => {
+        let kind = entry.config.spec.kind();
+        let source = SourceArgs {
+            runtime: rt.clone(),
+            trigger: entry.config.clone(),
+            intake: self.args.intake.clone(),
+            runnables: self.args.runnables.clone(),
+        };
+        let spawned = match (kind.push(), kind.spawn_source(source, myself.get_cell())) {
+            (None, Some(spawn)) => spawn.await,
+            (None, None) => Err(ractor::SpawnErr::StartupFailed(
+                format!(
+                    "a {} trigger has neither an HTTP side nor a source",
+                    rt.kind()
+                )
+                .into(),
+            )),
+            (Some(_), _) => {
                 let args = PushArgs {
                     runtime: rt.clone(),
+                    trigger: entry.config.clone(),
                     intake: self.args.intake.clone(),
                     watchers: self.args.watchers.clone(),
                     default_sync_timeout: self.args.config.server.sync_timeout,
@@ -588,7 +604,7 @@ impl TriggerSupervisorState {
         // Jitter in [base/2, base]: triggers that failed together do not come back together.
         let delay = base.mul_f64(0.5 + rand::random::<f64>() * 0.5);
         entry.runtime.restarts.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::trigger_restarted(name);
+        crate::model::metrics::trigger_restarted(name);
         let next = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         tracing::warn!(trigger = name, error = %error, retry_in = ?delay, "trigger failed; restarting after backoff");
         entry.runtime.set_state(TriggerState::BackingOff {

@@ -16,7 +16,7 @@ use millgate_actors::job::{JobId, JobRecord, JobStatus};
 use millgate_actors::router::RouterMsg;
 use millgate_actors::supervisor::{SupervisorMsg, TriggerEntry, TriggerError};
 use millgate_actors::triggers::http::RouteTable;
-use millgate_actors::triggers::{Source, TriggerConfig};
+use millgate_actors::triggers::{Origin, TriggerConfig};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -85,8 +85,8 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
     json!({
         "name": rt.name(),
         "kind": rt.kind(),
-        "mode": rt.config.mode(),
-        "source": rt.source,
+        "mode": entry.config.mode(),
+        "source": entry.origin,
         "enabled": rt.state_name() != "disabled",
         "suspended": rt.is_suspended(),
         "state": rt.state_name(),
@@ -97,7 +97,7 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> Value {
         "parked": state.service.store.parked_count(rt.name()),
         "rate_1m": (rt.rate.per_second() * 1000.0).round() / 1000.0,
         "counters": rt.counters.snapshot(),
-        "config": redacted_config(&rt.config),
+        "config": redacted_config(&entry.config),
         // What the trigger's source reports: a schedule's next fire times and counters, a
         // broker connection's state (Kafka: group, assigned partitions and positions).
         "source_status": rt.source_status.lock().map(|s| s.clone()).unwrap_or_default(),
@@ -256,7 +256,7 @@ fn owned_by_config(state: &AdminState, name: &str) -> bool {
         .service
         .registry
         .get(name)
-        .is_some_and(|e| e.runtime.source == Source::Config)
+        .is_some_and(|e| e.origin == Origin::Config)
 }
 
 /// Adds a trigger (same shape as a `[[triggers]]` entry; JSON, or TOML with `content-type: application/toml`).
@@ -281,11 +281,16 @@ async fn add_trigger(
         state.service.triggers,
         SupervisorMsg::Add,
         Box::new(t.clone()),
-        Source::Api
+        Origin::Api
     )
     .map_err(call_failed)?
     .map_err(trigger_error)?;
-    if let Err(e) = state.service.store.put_api_trigger(&t).await {
+    if let Err(e) = state
+        .service
+        .store
+        .put_api_trigger(t.name(), &serde_json::Value::Object(t.to_map()))
+        .await
+    {
         let _ = ractor::call!(state.service.triggers, SupervisorMsg::Remove, name.clone());
         return Err(ApiError::internal(format!(
             "could not store the trigger: {e}"
@@ -331,7 +336,7 @@ async fn replace_trigger(
     state
         .service
         .store
-        .put_api_trigger(&t)
+        .put_api_trigger(t.name(), &serde_json::Value::Object(t.to_map()))
         .await
         .map_err(|e| ApiError::internal(format!("could not store the trigger: {e}")))?;
     Ok(Json(trigger_view(&*entry(&state, &name)?, &state)))
@@ -352,7 +357,7 @@ async fn delete_trigger(
         let stored = store
             .api_triggers()
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        if !stored.iter().any(|t| t.name() == name) {
+        if !stored.iter().any(|t| t["name"] == name.as_str()) {
             return Err(not_running);
         }
         store

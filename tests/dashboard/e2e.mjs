@@ -238,7 +238,8 @@ try {
   step = 'disable the trigger';
   await page.getByTestId('btn-disable-dash-hook').click();
   await textIs(page, 'trigger-state-dash-hook', 'disabled');
-  check(await page.getByTestId('btn-enable-dash-hook').isEnabled(), 'enable button not offered once disabled');
+  await until('the enable button to be offered once disabled',
+    async () => page.getByTestId('btn-enable-dash-hook').isEnabled());
   const refused = await fire('dash-hook', { hello: 'again' });
   check(refused.status === 503, `a disabled webhook answered ${refused.status}, not 503`);
   log('dash-hook disabled (webhook answers 503)');

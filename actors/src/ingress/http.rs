@@ -70,7 +70,7 @@ async fn webhook(
     let is_webhook = state
         .registry
         .get(&name)
-        .is_some_and(|e| matches!(e.runtime.config.spec, TriggerSpec::Webhook(_)));
+        .is_some_and(|e| matches!(e.config.spec, TriggerSpec::Webhook(_)));
     if !is_webhook {
         return err(
             StatusCode::NOT_FOUND,
@@ -160,7 +160,7 @@ async fn dispatch(
             return reply(r);
         }
     };
-    let Some(kind) = entry.runtime.config.spec.push() else {
+    let Some(kind) = entry.config.spec.kind().push() else {
         return err(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -171,10 +171,8 @@ async fn dispatch(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let wait = state
-        .sync_timeout
-        .max(sync_timeout_of(&entry.runtime.config.spec))
-        + Duration::from_secs(10);
+    let wait =
+        state.sync_timeout.max(sync_timeout_of(&entry.config.spec)) + Duration::from_secs(10);
     match actor
         .call(
             |port| PushMsg::Request(Box::new(incoming), port),
@@ -201,7 +199,8 @@ async fn dispatch(
 }
 
 fn sync_timeout_of(spec: &TriggerSpec) -> Duration {
-    spec.push()
+    spec.kind()
+        .push()
         .and_then(|p| p.sync_timeout())
         .unwrap_or_default()
 }
@@ -283,7 +282,7 @@ async fn read_request(
 /// trigger that created it. A missing job and a job these credentials cannot read get the same
 /// answer, so that the endpoint tells nobody which ids exist.
 async fn job(State(state): State<IngressState>, Path(id): Path<String>, req: Request) -> Response {
-    let Ok(job_id) = id.parse::<crate::job::JobId>() else {
+    let Ok(job_id) = id.parse::<crate::model::job::JobId>() else {
         return err(
             StatusCode::BAD_REQUEST,
             "bad_job_id",
@@ -313,9 +312,9 @@ async fn job(State(state): State<IngressState>, Path(id): Path<String>, req: Req
         .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
         .unwrap_or_default();
     let readable = entry
-        .runtime
         .config
         .spec
+        .kind()
         .push()
         .is_some_and(|kind| kind.authorize_reader(req.headers(), &query));
     if !readable {

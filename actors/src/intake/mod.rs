@@ -8,21 +8,23 @@
 //! the source is acknowledged, so nothing a broker hands over disappears without a trace.
 
 pub mod admission;
+pub mod runtime;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::config::RetryPolicy;
-use crate::event::Event;
-use crate::events::{EventBus, SystemEvent};
-use crate::job::{JobId, JobRecord, JobStatus, TimelineEntry};
-use crate::metrics;
+use crate::model::ack::AckHandle;
+use crate::model::event::Event;
+use crate::model::events::{EventBus, SystemEvent};
+use crate::model::job::{JobId, JobRecord, JobStatus, TimelineEntry};
+use crate::model::metrics;
+use crate::model::settings::RetryPolicy;
 use crate::preprocess::{KeyExpr, PreprocessError, PreprocessorPool, DEFAULT_JQ_TIMEOUT};
-use crate::router::{AckHandle, RoutedJob, RouterMsg};
+use crate::router::{RoutedJob, RouterMsg};
 use crate::store::{Store, StoreError};
-use crate::triggers::TriggerRuntime;
+use runtime::TriggerRuntime;
 
 use admission::Reservation;
 
@@ -310,7 +312,7 @@ impl Intake {
                 let mut r = JobRecord::new(
                     name,
                     rt.kind(),
-                    &rt.config.common.runnable,
+                    &rt.runnable,
                     &event.id,
                     args,
                     order_key.clone(),
@@ -345,8 +347,8 @@ impl Intake {
             return Err(IntakeError::BadEvent(defect.clone()));
         }
         // The payload sits one level inside the event object.
-        let limit = crate::json::max_depth() + 1;
-        if crate::json::depth(payload) > limit {
+        let limit = crate::model::json::max_depth() + 1;
+        if crate::model::json::depth(payload) > limit {
             return Err(IntakeError::BadEvent(format!(
                 "the event is nested deeper than {} levels ([server] max_json_depth)",
                 limit - 1
@@ -354,12 +356,7 @@ impl Intake {
         }
         let outputs = self
             .preprocessors
-            .run(
-                &rt.preprocessor,
-                payload.clone(),
-                rt.kind(),
-                rt.max_fan_out + 1,
-            )
+            .run(&rt.preprocessor, payload.clone(), rt.max_fan_out + 1)
             .await?;
         if outputs.len() > rt.max_fan_out {
             return Err(IntakeError::BadEvent(format!(
@@ -368,7 +365,7 @@ impl Intake {
             )));
         }
         for args in &outputs {
-            crate::json::check(args)
+            crate::model::json::check(args)
                 .map_err(|e| IntakeError::BadEvent(format!("preprocessor output refused: {e}")))?;
         }
         Ok(outputs)
@@ -385,14 +382,14 @@ impl Intake {
         let mut record = JobRecord::new(
             rt.name(),
             rt.kind(),
-            &rt.config.common.runnable,
+            &rt.runnable,
             event_id,
             Value::Null,
             None,
         );
         record.timeline = vec![TimelineEntry::now(REFUSED_STEP).error(reason)];
         // An event past the nesting limit is kept as its text, so the record stays readable.
-        if crate::json::check(payload).is_ok() {
+        if crate::model::json::check(payload).is_ok() {
             self.store.put_event(event_id, payload)?;
         } else {
             let text = payload.to_string();

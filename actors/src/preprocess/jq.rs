@@ -85,7 +85,7 @@ impl JqFilter {
         truncate: bool,
     ) -> Result<Vec<Value>, String> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
-        let limit = crate::json::max_depth();
+        let limit = crate::model::json::max_depth();
         let mut outputs = Vec::new();
         for out in self.filter.id.run((ctx, input)).map(unwrap_valr) {
             let v = out.map_err(|e| e.to_string())?;
@@ -113,8 +113,8 @@ fn fromjson_limited(cv: Cv<'_, Data>) -> ValXs<'_, Val> {
         Ok(b) => b,
         Err(e) => return box_once(Err(Exn::from(e))),
     };
-    let limit = crate::json::max_depth();
-    if crate::json::text_depth(&bytes) > limit {
+    let limit = crate::model::json::max_depth();
+    if crate::model::json::text_depth(&bytes) > limit {
         let e = jaq_json::Error::str(format_args!(
             "fromjson: JSON nested deeper than {limit} levels ([server] max_json_depth)"
         ));

@@ -156,7 +156,7 @@ fn spawn(settings: JqSettings) -> Result<Worker, String> {
     let exe = worker_exe()?;
     let mut child = tokio::process::Command::new(&exe)
         .arg(WORKER_ARG)
-        .arg(crate::json::max_depth().to_string())
+        .arg(crate::model::json::max_depth().to_string())
         .arg(settings.memory_limit.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

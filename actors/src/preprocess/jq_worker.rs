@@ -47,7 +47,7 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("usage: millgate {WORKER_ARG} <max_json_depth> <memory_limit_bytes> (started by millgate itself)");
         return 2;
     };
-    crate::json::set_max_depth(depth);
+    crate::model::json::set_max_depth(depth);
     confine(memory);
     let worker = std::thread::Builder::new()
         .name("jq".into())

@@ -26,7 +26,7 @@ use ractor::factory::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
-use crate::config::PreprocessorConfig;
+use crate::model::settings::PreprocessorConfig;
 use crate::runners::command::{run_process, ProcessSpec};
 
 /// Most outputs one event may fan out into, whatever `max_fan_out` says.
@@ -50,11 +50,15 @@ pub enum PreprocessError {
     PoolDown,
 }
 
+/// Windmill's mapping of one kind: the job's args when a trigger has no preprocessor (given by
+/// the kind, `TriggerKind::default_args`).
+pub type DefaultArgs = fn(&Value) -> Value;
+
 /// A trigger's compiled preprocessor.
 #[derive(Debug, Clone)]
 pub enum Preprocessor {
     /// Windmill's default mapping for the kind.
-    Default,
+    Default(DefaultArgs),
     /// A filter and how long it may run on one event.
     Jq(JqFilter, Duration),
     Command(ProcessSpec),
@@ -88,9 +92,9 @@ impl Preprocessor {
 
     /// Runs a command preprocessor in the caller (the pool's workers); the default mapping too.
     /// jq filters run in the jq workers ([`PreprocessorPool::run`]).
-    pub async fn apply(&self, event: &Value, kind: &str) -> Result<Vec<Value>, PreprocessError> {
+    pub async fn apply(&self, event: &Value) -> Result<Vec<Value>, PreprocessError> {
         match self {
-            Preprocessor::Default => Ok(vec![default_args(kind, event)]),
+            Preprocessor::Default(args) => Ok(vec![args(event)]),
             Preprocessor::Jq(..) => Err(PreprocessError::Jq(
                 "jq filters run in the jq workers".into(),
             )),
@@ -102,8 +106,8 @@ impl Preprocessor {
                     .map_err(|e| PreprocessError::Command(e.to_string()))?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 // One level for the array of a fan-out.
-                let limit = crate::json::max_depth() + 1;
-                let parsed = crate::json::parse_within(text.trim().as_bytes(), limit)
+                let limit = crate::model::json::max_depth() + 1;
+                let parsed = crate::model::json::parse_within(text.trim().as_bytes(), limit)
                     .map_err(|e| PreprocessError::BadOutput(format!("{e}: {}", tail(&text))))?;
                 match parsed {
                     Value::Null => Ok(vec![]),
@@ -128,24 +132,6 @@ fn tail(s: &str) -> String {
     s[start..].to_string()
 }
 
-/// Windmill's mapping when no preprocessor is set: the kind's payload fields become the args.
-pub fn default_args(kind: &str, event: &Value) -> Value {
-    match kind {
-        "webhook" | "http" => crate::triggers::webhook::body_args(event),
-        // A schedule's static args; a poll's item.
-        "schedule" => event
-            .get("args")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({})),
-        "poll" => event.get("item").cloned().unwrap_or_default(),
-        // Windmill hands a NATS, MQTT or Kafka message to the script as its base64 `payload`.
-        "nats" | "mqtt" | "kafka" => {
-            serde_json::json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
-        }
-        _ => event.clone(),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The pool
 
@@ -153,7 +139,6 @@ pub fn default_args(kind: &str, event: &Value) -> Value {
 pub struct PreprocessRequest {
     pub preprocessor: Preprocessor,
     pub event: Arc<Value>,
-    pub kind: String,
     pub reply: RpcReplyPort<Result<Vec<Value>, PreprocessError>>,
 }
 
@@ -190,7 +175,7 @@ impl Worker for PreprocessWorker {
         Job { msg, key, .. }: Job<(), PreprocessRequest>,
         _state: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        let result = msg.preprocessor.apply(&msg.event, &msg.kind).await;
+        let result = msg.preprocessor.apply(&msg.event).await;
         let _ = msg.reply.send(result);
         Ok(key)
     }
@@ -237,11 +222,10 @@ impl PreprocessorPool {
         &self,
         preprocessor: &Preprocessor,
         event: Arc<Value>,
-        kind: &str,
         max_outputs: usize,
     ) -> Result<Vec<Value>, PreprocessError> {
         match preprocessor {
-            Preprocessor::Default => return Ok(vec![default_args(kind, &event)]),
+            Preprocessor::Default(args) => return Ok(vec![args(&event)]),
             Preprocessor::Jq(filter, timeout) => {
                 return self.jq.run(filter, &event, max_outputs, *timeout).await
             }
@@ -253,7 +237,6 @@ impl PreprocessorPool {
             msg: PreprocessRequest {
                 preprocessor: preprocessor.clone(),
                 event,
-                kind: kind.to_string(),
                 reply: tx.into(),
             },
             options: JobOptions::default(),
@@ -347,13 +330,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            p.apply(&json!({"k": "keep"}), "webhook").await.unwrap(),
+            p.apply(&json!({"k": "keep"})).await.unwrap(),
             vec![json!({"a": 1}), json!({"a": 2})]
         );
-        assert!(p
-            .apply(&json!({"k": "drop"}), "webhook")
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(p.apply(&json!({"k": "drop"})).await.unwrap().is_empty());
     }
 }

@@ -190,12 +190,14 @@ pub fn parse_output(stdout: &[u8]) -> Result<Value, RunError> {
     if trimmed.is_empty() {
         return Ok(Value::Null);
     }
-    match crate::json::parse(trimmed.as_bytes()) {
+    match crate::model::json::parse(trimmed.as_bytes()) {
         Ok(v) => Ok(v),
-        Err(e @ crate::json::JsonError::TooDeep { .. }) => {
+        Err(e @ crate::model::json::JsonError::TooDeep { .. }) => {
             Err(RunError(format!("result refused: {e}")))
         }
-        Err(crate::json::JsonError::Invalid(_)) => Ok(Value::String(text.trim_end().to_string())),
+        Err(crate::model::json::JsonError::Invalid(_)) => {
+            Ok(Value::String(text.trim_end().to_string()))
+        }
     }
 }
 

@@ -63,9 +63,9 @@ impl HttpRunnable {
             }
             body.extend_from_slice(&chunk);
         }
-        let value = match crate::json::parse(&body) {
+        let value = match crate::model::json::parse(&body) {
             Ok(v) => v,
-            Err(e @ crate::json::JsonError::TooDeep { .. }) if status.is_success() => {
+            Err(e @ crate::model::json::JsonError::TooDeep { .. }) if status.is_success() => {
                 return Err(RunError(format!("result refused: {e}")))
             }
             Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),

@@ -14,9 +14,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::config::{RunnableConfig, RunnableKind};
-use crate::job::JobId;
-use crate::router::RouterMsg;
+use crate::model::job::JobId;
+use crate::model::settings::{RunnableConfig, RunnableKind};
 
 /// A runnable's failure, as a message for the job record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,8 +98,19 @@ pub struct RunReport {
 
 pub type RunnerPoolRef = ActorRef<FactoryMessage<String, RunJob>>;
 
+/// Where runners send their reports (the router): all a runner knows of whoever dispatched the
+/// run. Returns `false` when nobody listens any more.
+#[derive(Clone)]
+pub struct RunReports(Arc<dyn Fn(RunReport) -> bool + Send + Sync>);
+
+impl RunReports {
+    pub fn new(send: impl Fn(RunReport) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+}
+
 struct Runner {
-    router: ActorRef<RouterMsg>,
+    reports: RunReports,
 }
 
 impl Worker for Runner {
@@ -144,7 +154,7 @@ impl Worker for Runner {
             started_at,
             finished_at: Utc::now(),
         };
-        if self.router.cast(RouterMsg::Finished(report)).is_err() {
+        if !(self.reports.0)(report) {
             tracing::error!(job_id = %msg.ctx.job_id, "router gone; outcome not recorded, the job will run again on restart");
         }
         Ok(key)
@@ -155,7 +165,7 @@ impl Worker for Runner {
 /// least busy runner, or to the runner already working on its key.
 pub async fn spawn_pool(
     size: usize,
-    router: ActorRef<RouterMsg>,
+    reports: RunReports,
     supervisor: ractor::ActorCell,
     name: Option<String>,
 ) -> Result<RunnerPoolRef, ractor::SpawnErr> {
@@ -172,7 +182,7 @@ pub async fn spawn_pool(
             move |_wid| {
                 (
                     Runner {
-                        router: router.clone(),
+                        reports: reports.clone(),
                     },
                     (),
                 )

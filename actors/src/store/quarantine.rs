@@ -101,7 +101,7 @@ impl Store {
             .quarantine
             .insert(id.to_be_bytes(), encode(&entry)?)?;
         tree.remove(key)?;
-        crate::metrics::record_quarantined(tree_name);
+        crate::model::metrics::record_quarantined(tree_name);
         Ok(())
     }
 

@@ -178,7 +178,7 @@ impl Store {
 mod tests {
     use serde_json::json;
 
-    use crate::config::StoreConfig;
+    use crate::model::settings::StoreConfig;
     use crate::store::Store;
 
     #[tokio::test]

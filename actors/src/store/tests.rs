@@ -276,11 +276,11 @@ mod round_trip {
 
         #[test]
         fn accepted_payloads_round_trip(v in value(8), extra in 0usize..80) {
-            let limit = crate::json::DEFAULT_MAX_DEPTH;
+            let limit = crate::model::json::DEFAULT_MAX_DEPTH;
             let v = nest(v, extra);
             let text = serde_json::to_vec(&v).unwrap();
-            let Ok(parsed) = crate::json::parse_within(&text, limit) else {
-                prop_assert!(crate::json::depth(&v) > limit);
+            let Ok(parsed) = crate::model::json::parse_within(&text, limit) else {
+                prop_assert!(crate::model::json::depth(&v) > limit);
                 return Ok(());
             };
             prop_assert_eq!(&parsed, &v);
@@ -304,13 +304,13 @@ mod round_trip {
 
     #[test]
     fn the_deepest_accepted_payload_round_trips_and_one_more_level_is_refused() {
-        let limit = crate::json::DEFAULT_MAX_DEPTH;
+        let limit = crate::model::json::DEFAULT_MAX_DEPTH;
         let at_limit = serde_json::to_vec(&nest(json!(1), limit)).unwrap();
-        assert!(crate::json::parse_within(&at_limit, limit).is_ok());
+        assert!(crate::model::json::parse_within(&at_limit, limit).is_ok());
         let over = serde_json::to_vec(&nest(json!(1), limit + 1)).unwrap();
-        assert!(crate::json::parse_within(&over, limit).is_err());
+        assert!(crate::model::json::parse_within(&over, limit).is_err());
         // The largest configurable limit still leaves the records readable.
-        let max = crate::json::MAX_CONFIGURABLE_DEPTH;
+        let max = crate::model::json::MAX_CONFIGURABLE_DEPTH;
         let v = nest(json!(1), max);
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);

@@ -5,7 +5,7 @@
 //! `query`, `headers`, `content_type`, `cloudevent`) plus `route` (the template), `path` (as
 //! called), `method` and `params` (route parameters).
 //!
-//! [`http_auth`]: super::http_auth
+//! [`http_auth`]: crate::http_auth
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -17,9 +17,10 @@ use serde_json::{json, Value};
 use axum::http::HeaderMap;
 
 use super::delivery::{DedupKey, EventId};
-use super::http_auth::HttpAuth;
+use super::kind::{Mode, TriggerKind};
 use super::push::{IncomingRequest, PushKind, Rejection};
-use super::Mode;
+use crate::http_auth::HttpAuth;
+use crate::preprocess::DefaultArgs;
 
 /// Paths the listener serves itself.
 pub const RESERVED_PREFIXES: &[&str] = &["/hooks", "/jobs", "/healthz"];
@@ -86,6 +87,33 @@ impl HttpRouteConfig {
             }
         }
         issues
+    }
+}
+
+impl TriggerKind for HttpRouteConfig {
+    fn validate(&self, trigger: &str, routes: &mut RouteTable) -> Vec<(String, String)> {
+        HttpRouteConfig::validate(self, trigger, routes)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        format!(
+            "{} {} (auth {})",
+            self.method.to_uppercase(),
+            self.path,
+            self.auth.label()
+        )
+    }
+
+    fn mode(&self) -> Option<Mode> {
+        Some(self.mode)
+    }
+
+    fn default_args(&self) -> DefaultArgs {
+        super::webhook::body_args
+    }
+
+    fn push(&self) -> Option<&dyn PushKind> {
+        Some(self)
     }
 }
 

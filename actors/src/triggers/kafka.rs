@@ -47,10 +47,13 @@ use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::http::RouteTable;
+use super::kind::{Reset, ResetOutcome, SavedState, SpawnFuture, TriggerKind};
 use super::{Accepted, SourceArgs, TriggerRuntime};
-use crate::event::Event;
+use crate::model::ack::AckHandle;
+use crate::model::event::Event;
+use crate::preprocess::DefaultArgs;
 use crate::preprocess::KeyExpr;
-use crate::router::AckHandle;
 use crate::store::Store;
 
 // ---------------------------------------------------------------------------------------------
@@ -589,7 +592,7 @@ fn kafka_event(trigger: &str, group: &str, epoch: u64, m: &BorrowedMessage<'_>) 
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(payload)),
     );
-    let (data, defect) = crate::json::message_data(payload);
+    let (data, defect) = crate::model::json::message_data(payload);
     if let Some(data) = data {
         event.insert("data".into(), data);
     }
@@ -994,6 +997,88 @@ impl ConsumerContext for KafkaContext {
 // ---------------------------------------------------------------------------------------------
 // The actor
 
+impl TriggerKind for KafkaConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        KafkaConfig::validate(self)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        KafkaConfig::endpoint(self)
+    }
+
+    fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
+        order_by_expr(configured)
+    }
+
+    fn order_by(&self, configured: Option<&str>) -> Option<Result<KeyExpr, String>> {
+        order_by_key(configured)
+    }
+
+    /// Windmill hands a broker message to the script as its base64 `payload`.
+    fn default_args(&self) -> DefaultArgs {
+        |event| json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        Some(Box::pin(async move {
+            Actor::spawn_linked(None, KafkaTrigger, args, supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }))
+    }
+
+    fn program_keys(&self) -> Vec<String> {
+        self.program_properties()
+            .into_iter()
+            .map(|p| format!("properties.{p}"))
+            .collect()
+    }
+
+    /// The group's saved positions; moved by resets.
+    fn saved_state(&self) -> SavedState {
+        SavedState::ReadOnly
+    }
+
+    fn reset(&self) -> Option<&dyn Reset> {
+        Some(&GroupReset)
+    }
+}
+
+/// Resets of a Kafka trigger's consumer group (`POST /api/triggers/{name}/reset`).
+struct GroupReset;
+
+impl Reset for GroupReset {
+    fn reset<'a>(
+        &'a self,
+        store: &'a Store,
+        trigger: &'a str,
+        request: Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ResetOutcome, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let request: ResetRequest = serde_json::from_value(request).map_err(|err| {
+                format!("body must be {{\"to\": \"earliest\" | \"latest\" | {{\"offset\": n}} | {{\"timestamp\": ms}}}}: {err}")
+            })?;
+            let id = request_reset(store, trigger, request.to).await?;
+            // The trigger's consumer thread applies it at its next poll: wait for its record.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < deadline {
+                let saved = KafkaState::load(store, trigger)?;
+                if let Some(last) = saved.last_reset.filter(|l| l["id"] == json!(id)) {
+                    return Ok(ResetOutcome::Applied(last));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(ResetOutcome::Pending(json!({
+                "id": id,
+                "status": "pending",
+                "message": "the trigger has no assigned partitions yet; the reset applies when it gets them",
+            })))
+        })
+    }
+}
+
 pub struct KafkaTrigger;
 
 pub struct KafkaActorState {
@@ -1082,7 +1167,7 @@ fn consume(
     handle: tokio::runtime::Handle,
 ) -> Result<(), String> {
     let rt = &args.runtime;
-    let super::TriggerSpec::Kafka(cfg) = &rt.config.spec else {
+    let super::TriggerSpec::Kafka(cfg) = &args.trigger.spec else {
         return Err("not a kafka trigger".into());
     };
     let group = cfg.group_id(rt.name());
@@ -1720,7 +1805,7 @@ mod tests {
         };
         let t = TriggerConfig::from_map(map).expect("loads");
         assert!(matches!(t.spec, TriggerSpec::Kafka(_)));
-        assert!(t.spec.push().is_none());
+        assert!(t.spec.kind().push().is_none());
         assert_eq!(
             t.order_by_expr().as_deref(),
             Some(r#""\(.topic)/\(.partition)""#)

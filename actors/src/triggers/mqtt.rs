@@ -50,7 +50,10 @@ use rumqttc::{ConnectReturnCode, Event as MqttEvent, Packet, QoS, TlsConfigurati
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::http::RouteTable;
+use super::kind::{SpawnFuture, TriggerKind};
 use super::{SourceArgs, StopSignal as Stop, TriggerRuntime};
+use crate::preprocess::DefaultArgs;
 
 mod pump;
 
@@ -477,7 +480,7 @@ fn base_event(
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(payload)),
     );
-    if let (Some(data), _) = crate::json::message_data(payload) {
+    if let (Some(data), _) = crate::model::json::message_data(payload) {
         event.insert("data".into(), data);
     }
     event.insert("topic".into(), json!(topic));
@@ -602,7 +605,7 @@ impl Ack {
 impl Message {
     fn v3(trigger: &str, client: &rumqttc::AsyncClient, mut p: rumqttc::Publish) -> Self {
         let event = mqtt_event(trigger, &p);
-        let defect = crate::json::payload_defect(&p.payload);
+        let defect = crate::model::json::payload_defect(&p.payload);
         let topic = std::mem::take(&mut p.topic);
         p.payload = Bytes::new();
         Self {
@@ -626,7 +629,7 @@ impl Message {
             });
         }
         let event = v5_event(trigger, &topic, &p);
-        let defect = crate::json::payload_defect(&p.payload);
+        let defect = crate::model::json::payload_defect(&p.payload);
         p.payload = Bytes::new();
         p.properties = None;
         Ok(Self {
@@ -956,6 +959,37 @@ fn suback_code(c: v5p::SubscribeReasonCode) -> u8 {
         S::SharedSubscriptionsNotSupported => 0x9e,
         S::SubscriptionIdNotSupported => 0xa1,
         S::WildcardSubscriptionsNotSupported => 0xa2,
+    }
+}
+
+impl TriggerKind for MqttConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        MqttConfig::validate(self)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        MqttConfig::endpoint(self)
+    }
+
+    /// `"topic"`: one topic's messages one at a time.
+    fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
+        match configured {
+            Some("topic") => Some(".topic".into()),
+            other => other.map(str::to_string),
+        }
+    }
+
+    /// Windmill hands a broker message to the script as its base64 `payload`.
+    fn default_args(&self) -> DefaultArgs {
+        |event| json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        Some(Box::pin(async move {
+            Actor::spawn_linked(None, MqttTrigger, args, supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }))
     }
 }
 
@@ -1354,7 +1388,7 @@ mod tests {
         };
         let t = TriggerConfig::from_map(map).expect("loads");
         assert!(matches!(t.spec, TriggerSpec::Mqtt(_)));
-        assert!(t.spec.push().is_none());
+        assert!(t.spec.kind().push().is_none());
         assert_eq!(t.endpoint(), "mqtt 127.0.0.1:1883 [s/#@1]");
         let back = TriggerConfig::from_map(t.to_map()).expect("round trip");
         assert_eq!(back, t);

@@ -35,10 +35,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use super::http::RouteTable;
+use super::kind::{SpawnFuture, TriggerKind};
 use super::{Accepted, SourceArgs, StopSignal as Stop};
-use crate::event::Event;
-use crate::job::JobOutcome;
-use crate::router::AckHandle;
+use crate::model::ack::AckHandle;
+use crate::model::event::Event;
+use crate::model::job::JobOutcome;
+use crate::preprocess::DefaultArgs;
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -338,7 +341,7 @@ fn base_event(
         "payload".into(),
         json!(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
     );
-    let (data, defect) = crate::json::message_data(&msg.payload);
+    let (data, defect) = crate::model::json::message_data(&msg.payload);
     if let Some(data) = data {
         event.insert("data".into(), data);
     }
@@ -381,6 +384,37 @@ fn jetstream_event(
 
 // ---------------------------------------------------------------------------------------------
 // The actor
+
+impl TriggerKind for NatsConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        NatsConfig::validate(self)
+    }
+
+    fn endpoint(&self, trigger: &str) -> String {
+        NatsConfig::endpoint(self, trigger)
+    }
+
+    /// `"subject"`: one subject's messages one at a time.
+    fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
+        match configured {
+            Some("subject") => Some(".subject".into()),
+            other => other.map(str::to_string),
+        }
+    }
+
+    /// Windmill hands a broker message to the script as its base64 `payload`.
+    fn default_args(&self) -> DefaultArgs {
+        |event| json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        Some(Box::pin(async move {
+            Actor::spawn_linked(None, NatsTrigger, args, supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }))
+    }
+}
 
 pub struct NatsTrigger;
 
@@ -441,8 +475,7 @@ impl Actor for NatsTrigger {
 }
 
 async fn run(args: &SourceArgs, me: &ActorRef<NatsMsg>, mut stop: Stop) -> Result<(), String> {
-    let rt = &args.runtime;
-    let super::TriggerSpec::Nats(cfg) = &rt.config.spec else {
+    let super::TriggerSpec::Nats(cfg) = &args.trigger.spec else {
         return Err("not a nats trigger".into());
     };
     let notify = me.clone();
@@ -824,7 +857,7 @@ mod tests {
         .expect("loads");
         assert!(matches!(t.spec, TriggerSpec::Nats(_)));
         assert_eq!(t.mode(), None);
-        assert!(t.spec.push().is_none());
+        assert!(t.spec.kind().push().is_none());
         assert_eq!(
             t.endpoint(),
             "nats 127.0.0.1:4222 jetstream ORDERS/millgate_orders [orders.>]"

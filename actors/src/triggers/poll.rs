@@ -29,10 +29,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::cron::CronSpec;
+use super::http::RouteTable;
+use super::kind::{SavedState, SpawnFuture, TriggerKind};
 use super::schedule::{utc_name, Overlap, TimedMsg, TimedState, Work};
 use super::SourceArgs;
-use crate::event::Event;
-use crate::job::JobId;
+use crate::model::event::Event;
+use crate::model::job::JobId;
+use crate::preprocess::DefaultArgs;
 use crate::preprocess::{KeyExpr, DEFAULT_JQ_TIMEOUT};
 use crate::runners::{RunContext, Runnable};
 
@@ -83,6 +86,37 @@ impl PollConfig {
     }
 }
 
+impl TriggerKind for PollConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        PollConfig::validate(self)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        PollConfig::endpoint(self)
+    }
+
+    /// One item of the poll's result.
+    fn default_args(&self) -> DefaultArgs {
+        |event| event.get("item").cloned().unwrap_or_default()
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        let work = match PollWork::new(self, &args) {
+            Ok(w) => Work::Poll(Box::new(w)),
+            Err(e) => {
+                return Some(Box::pin(async move {
+                    Err(ractor::SpawnErr::StartupFailed(e.into()))
+                }))
+            }
+        };
+        Some(super::schedule::spawn(args, work, supervisor))
+    }
+
+    fn saved_state(&self) -> SavedState {
+        SavedState::Replace
+    }
+}
+
 /// A poll trigger ready to run: its runnable and compiled dedup key.
 pub struct PollWork {
     pub config: PollConfig,
@@ -93,7 +127,6 @@ pub struct PollWork {
 impl PollWork {
     pub fn new(config: &PollConfig, args: &SourceArgs) -> Result<Self, String> {
         let rc = args
-            .config
             .runnables
             .get(&config.poll_runnable)
             .ok_or_else(|| format!("poll_runnable: unknown runnable `{}`", config.poll_runnable))?;
@@ -250,7 +283,7 @@ impl TimedState {
                 .map_err(|e| format!("poll item not accepted; state not advanced: {e}"))?;
             self.track(&accepted);
         }
-        crate::chaos::crash_point("poll_before_state_save");
+        crate::model::chaos::crash_point("poll_before_state_save");
         if let Some(new_state) = new_state {
             if new_state != saved
                 && !store

@@ -18,10 +18,10 @@ use tracing::Instrument;
 
 use super::delivery::EventId;
 use super::{Accepted, Intake, IntakeError, Mode, TriggerRuntime};
-use crate::event::Event;
 use crate::intake::admission::Reservation;
-use crate::job::{JobId, JobOutcome, JobStatus};
-use crate::router::{AckHandle, Watchers};
+use crate::model::ack::{AckHandle, Watchers};
+use crate::model::event::Event;
+use crate::model::job::{JobId, JobOutcome, JobStatus};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -120,6 +120,7 @@ pub struct PushTrigger;
 #[derive(Clone)]
 pub struct PushArgs {
     pub runtime: Arc<TriggerRuntime>,
+    pub trigger: Arc<super::TriggerConfig>,
     pub intake: Intake,
     pub watchers: Arc<Watchers>,
     pub default_sync_timeout: Duration,
@@ -156,7 +157,8 @@ impl Actor for PushTrigger {
 /// answered, here (refusals) or by the spawned task.
 fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushResponse>) {
     let rt = state.runtime.clone();
-    let Some(kind) = rt.config.spec.push() else {
+    let trigger = state.trigger.clone();
+    let Some(kind) = trigger.spec.kind().push() else {
         let _ = reply.send(PushResponse::error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -207,7 +209,7 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
     let span = tracing::info_span!(
         "event",
         trigger = %rt.name(),
-        kind = %rt.config.common.kind,
+        kind = rt.kind(),
         event_id = tracing::field::Empty,
     );
     let intake = state.intake.clone();

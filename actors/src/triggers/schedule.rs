@@ -19,11 +19,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::cron::CronSpec;
+use super::http::RouteTable;
+use super::kind::{SavedState, SpawnFuture, TriggerKind};
 use super::poll::PollWork;
 use super::{Accepted, SourceArgs};
-use crate::event::Event;
-use crate::job::JobOutcome;
-use crate::router::AckHandle;
+use crate::model::ack::AckHandle;
+use crate::model::event::Event;
+use crate::model::job::JobOutcome;
+use crate::preprocess::DefaultArgs;
 
 mod state;
 use state::advance;
@@ -129,30 +132,41 @@ pub struct TimedState {
 
 pub struct TimedSource;
 
-/// Spawns the actor for a schedule or poll trigger.
-pub async fn spawn(
-    args: SourceArgs,
-    supervisor: ractor::ActorCell,
-) -> Result<ractor::ActorCell, ractor::SpawnErr> {
-    let work = match &args.runtime.config.spec {
-        super::TriggerSpec::Schedule(c) => Work::Schedule(c.clone()),
-        super::TriggerSpec::Poll(c) => Work::Poll(Box::new(
-            PollWork::new(c, &args).map_err(|e| ractor::SpawnErr::StartupFailed(e.into()))?,
-        )),
-        _ => {
-            return Err(ractor::SpawnErr::StartupFailed(
-                "not a schedule or poll trigger".into(),
-            ))
-        }
-    };
-    let (actor, _) = Actor::spawn_linked(
-        None,
-        TimedSource,
-        TimedArgs { source: args, work },
-        supervisor,
-    )
-    .await?;
-    Ok(actor.get_cell())
+/// Spawns the timer actor of a schedule or poll trigger.
+pub(crate) fn spawn(args: SourceArgs, work: Work, supervisor: ractor::ActorCell) -> SpawnFuture {
+    Box::pin(async move {
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            TimedSource,
+            TimedArgs { source: args, work },
+            supervisor,
+        )
+        .await?;
+        Ok(actor.get_cell())
+    })
+}
+
+impl TriggerKind for ScheduleConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        ScheduleConfig::validate(self)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        ScheduleConfig::endpoint(self)
+    }
+
+    /// A schedule's static args.
+    fn default_args(&self) -> DefaultArgs {
+        |event| event.get("args").cloned().unwrap_or_else(|| json!({}))
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        Some(spawn(args, Work::Schedule(self.clone()), supervisor))
+    }
+
+    fn saved_state(&self) -> SavedState {
+        SavedState::Patch(ScheduleState::patch)
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -422,7 +436,7 @@ impl TimedState {
     /// The AckHandle factory: each settled job reports back, for the overlap policy.
     pub(crate) fn settle_reporter(
         myself: &ActorRef<TimedMsg>,
-    ) -> impl FnMut(crate::job::JobId) -> AckHandle {
+    ) -> impl FnMut(crate::model::job::JobId) -> AckHandle {
         let me = myself.clone();
         move |_| {
             let me = me.clone();

@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use super::delivery::{DedupKey, EventId};
+use super::http::RouteTable;
+use super::kind::{Mode, TriggerKind};
 use super::push::{IncomingRequest, PushKind, Rejection};
-use super::Mode;
+use crate::preprocess::DefaultArgs;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -76,7 +78,7 @@ impl WebhookConfig {
             // Compared through digests, so neither the token's content nor its length shows
             // in the time taken.
             Some(t)
-                if bool::from(super::http_auth::secret_eq(
+                if bool::from(crate::http_auth::secret_eq(
                     t.as_bytes(),
                     expected.as_bytes(),
                 )) =>
@@ -85,6 +87,28 @@ impl WebhookConfig {
             }
             Some(_) => Err("invalid token".into()),
         }
+    }
+}
+
+impl TriggerKind for WebhookConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        WebhookConfig::validate(self)
+    }
+
+    fn endpoint(&self, trigger: &str) -> String {
+        format!("POST /hooks/{trigger}")
+    }
+
+    fn mode(&self) -> Option<Mode> {
+        Some(self.mode)
+    }
+
+    fn default_args(&self) -> DefaultArgs {
+        body_args
+    }
+
+    fn push(&self) -> Option<&dyn PushKind> {
+        Some(self)
     }
 }
 
@@ -248,7 +272,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
                 "JSON body is not valid UTF-8",
             )
         })?;
-        crate::json::parse(text.as_bytes()).map_err(json_rejection)
+        crate::model::json::parse(text.as_bytes()).map_err(json_rejection)
     };
     match mime.as_str() {
         "application/cloudevents-batch+json" => Err(Rejection::new(
@@ -323,8 +347,8 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
         }),
         _ => match text {
             // No (or an unknown) content type: JSON if it parses, else text, else bytes.
-            Some(t) => match crate::json::parse(t.as_bytes()) {
-                Err(e @ crate::json::JsonError::TooDeep { .. }) => Err(json_rejection(e)),
+            Some(t) => match crate::model::json::parse(t.as_bytes()) {
+                Err(e @ crate::model::json::JsonError::TooDeep { .. }) => Err(json_rejection(e)),
                 Ok(v) if mime.is_empty() => Ok(ParsedBody {
                     body: v,
                     format: "json",
@@ -352,14 +376,14 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<ParsedBody, Rejection>
 }
 
 /// 422 for JSON nested past `[server] max_json_depth` (well-formed, refused), 400 otherwise.
-fn json_rejection(e: crate::json::JsonError) -> Rejection {
+fn json_rejection(e: crate::model::json::JsonError) -> Rejection {
     match e {
-        crate::json::JsonError::TooDeep { .. } => Rejection::new(
+        crate::model::json::JsonError::TooDeep { .. } => Rejection::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too_deep",
             format!("body refused: {e}"),
         ),
-        crate::json::JsonError::Invalid(m) => Rejection::new(
+        crate::model::json::JsonError::Invalid(m) => Rejection::new(
             StatusCode::BAD_REQUEST,
             "bad_body",
             format!("body is not valid JSON: {m}"),

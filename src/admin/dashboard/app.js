@@ -657,6 +657,9 @@ function onEvent(type, data) {
       renderTriggers();
     } else if (t) {
       t.state = data.state;
+      // The button row reads `enabled`: keep it in step with the state the stream reports,
+      // which may arrive before the answer to the click that caused it.
+      t.enabled = data.state !== 'disabled';
       t.last_error = data.last_error ?? null;
       renderTriggers();
     }

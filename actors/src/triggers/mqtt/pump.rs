@@ -21,8 +21,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{set_status, Ack, Incoming, Link, Message, MqttSubscription};
-use crate::event::Event;
-use crate::router::AckHandle;
+use crate::model::ack::AckHandle;
+use crate::model::event::Event;
 use crate::triggers::{Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime, TriggerSpec};
 
 /// Messages received and not yet taken by the trigger, at most.
@@ -41,7 +41,7 @@ enum Ended {
 /// Runs the trigger until it is stopped (`Ok`) or its connection or intake fails (`Err`).
 pub(super) async fn run(args: &SourceArgs, mut stop: Stop) -> Result<(), String> {
     let rt = &args.runtime;
-    let TriggerSpec::Mqtt(cfg) = &rt.config.spec else {
+    let TriggerSpec::Mqtt(cfg) = &args.trigger.spec else {
         return Err("not an mqtt trigger".into());
     };
     set_status(rt, json!({"connected": false, "subscribed": false}));
