@@ -54,7 +54,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
     done
     (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "services.sh: mosquitto did not start" >&2; exit 1; }
 fi
-# tansu, a Kafka-protocol broker from crates.io (TESTING.md), for tests/kafka.rs. Built once into
+# tansu, a Kafka-protocol broker from crates.io (README.md, "Development"), for tests/kafka.rs. Built once into
 # ~/.cargo/bin (12-20 minutes on 2 cores); later runs reuse it. tests/kafka.rs also starts its
 # own instances from this binary.
 TANSU="${TANSU:-$HOME/.cargo/bin/tansu}"

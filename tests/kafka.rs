@@ -1,4 +1,4 @@
-//! Kafka triggers against a real Kafka-protocol broker: tansu (TESTING.md), the shared one on
+//! Kafka triggers against a real Kafka-protocol broker: tansu (README.md, "Development"), the shared one on
 //! 127.0.0.1:9092 started by scripts/services.sh, and a private one on a free port for the test
 //! that stops the broker. tansu does not create topics on demand, so every test creates its
 //! own topics (unique names: tests run in parallel) through the admin API.

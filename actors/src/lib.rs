@@ -5,10 +5,12 @@
 //!
 //! The modules form layers, each importing only from the ones listed before it (docs/
 //! architecture.md draws them; tests/layering.rs checks them):
-//! [`model`] (plain data), [`store`], [`preprocess`], [`runners`], [`router`], [`intake`],
+//! [`model`] (plain data), [`process`] and [`http_auth`] (leaves), [`store`], [`preprocess`], [`runners`], [`router`], [`intake`],
 //! [`triggers`] (the kinds), then [`config`], [`supervisor`], [`ingress`], [`service`].
 
+pub mod http_auth;
 pub mod model;
+pub mod process;
 
 pub mod store;
 
@@ -20,7 +22,6 @@ pub mod router;
 
 pub mod intake;
 
-pub mod http_auth;
 pub mod triggers;
 
 pub mod config;

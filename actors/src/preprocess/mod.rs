@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
 use crate::model::settings::PreprocessorConfig;
-use crate::runners::command::{run_process, ProcessSpec};
+use crate::process::{run_process, ProcessSpec};
 
 /// Most outputs one event may fan out into, whatever `max_fan_out` says.
 pub const MAX_OUTPUTS: usize = 10_000;

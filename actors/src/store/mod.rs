@@ -5,7 +5,7 @@
 //! Durability comes from [`Store::commit`]: a write is only acknowledged upstream after a
 //! flush that happened after it. Flushes are shared (group commit): one committer thread takes
 //! every writer waiting at that moment, flushes once and wakes them all, which measured ~20x the
-//! throughput of a flush per write on this machine kind (DESIGN.md, "Delivery guarantee").
+//! throughput of a flush per write on this machine kind (docs/architecture.md, "Delivery").
 
 use std::collections::HashMap;
 use std::sync::mpsc;

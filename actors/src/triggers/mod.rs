@@ -10,7 +10,6 @@
 //! connection), one line in [`trigger_kinds!`] below, its test file and its README section
 //! (docs/architecture.md has the recipe).
 
-pub mod cron;
 pub mod delivery;
 pub mod http;
 #[cfg(feature = "kafka")]
@@ -20,9 +19,9 @@ pub mod kind;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
-pub mod poll;
 pub mod push;
-pub mod schedule;
+pub mod source;
+pub mod timed;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -34,6 +33,7 @@ use serde_json::{Map, Value};
 pub use crate::intake::runtime::{TriggerRuntime, TriggerState};
 pub use crate::intake::{Accepted, Intake, IntakeError};
 pub use kind::{Mode, SavedState, SpawnFuture, TriggerKind};
+pub use timed::{cron, poll, schedule};
 
 use crate::intake::runtime::RuntimeSpec;
 use crate::model::settings::{PreprocessorConfig, RetryPolicy, RunnableConfig};
@@ -261,24 +261,6 @@ impl TriggerConfig {
             max_in_flight: self.common.max_in_flight.unwrap_or(default_max_in_flight),
             max_fan_out: self.common.max_fan_out.unwrap_or(DEFAULT_MAX_FAN_OUT),
         }))
-    }
-}
-
-/// The stop signal of a source actor's connection task. The task is never aborted: an abort
-/// inside `Intake::accept` could leave jobs on disk that the router never got (they would wait
-/// for the next process start). So the task only stops where it waits for its broker.
-#[cfg(any(feature = "nats", feature = "mqtt"))]
-pub(crate) struct StopSignal(pub(crate) tokio::sync::watch::Receiver<bool>);
-
-#[cfg(any(feature = "nats", feature = "mqtt"))]
-impl StopSignal {
-    /// `f`'s output, or `None` when the actor stopped first.
-    pub(crate) async fn or<F: std::future::Future>(&mut self, f: F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            _ = self.0.wait_for(|stop| *stop) => None,
-            out = f => Some(out),
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! One MQTT connection at work: a task that only drives the connection, and the trigger's task
-//! that turns its messages into jobs.
+//! One MQTT connection at work: a task that only drives the connection, and the trigger's side
+//! (the connector shell, `triggers/source.rs`) that turns its messages into jobs.
 //!
 //! rumqttc writes a queued ack only while its event loop is being polled, and a poll hands
 //! back the packets it has already read before it looks at queued requests again (one request
@@ -15,15 +15,20 @@
 //! `max_inflight_messages`, 20 by default). A full queue (a larger window, or QoS 0 arriving
 //! faster than jobs finish) pauses reading, and the acks with it, until the trigger catches up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::{set_status, Ack, Incoming, Link, Message, MqttSubscription};
+use super::config::{MqttConfig, MqttSubscription};
+use super::event::{Ack, Message};
+use super::link::{Closer, Incoming, Link};
 use crate::model::ack::AckHandle;
 use crate::model::event::Event;
-use crate::triggers::{Accepted, SourceArgs, StopSignal as Stop, TriggerRuntime, TriggerSpec};
+use crate::triggers::source::{set_status, Outcomes, Pulled, Settlement, Source, SourceContext};
+use crate::triggers::{Accepted, IntakeError, TriggerRuntime};
 
 /// Messages received and not yet taken by the trigger, at most.
 pub(super) const QUEUE: usize = 1024;
@@ -31,45 +36,161 @@ pub(super) const QUEUE: usize = 1024;
 /// How long a stopping connection may take to write its queued acks and DISCONNECT.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// How the trigger's side ended.
-enum Ended {
-    Stopped,
-    /// The connection task ended: its result.
-    Connection(Result<Result<(), String>, tokio::task::JoinError>),
+/// The trigger's side of one connection.
+pub(super) struct MqttSource {
+    cfg: MqttConfig,
+    /// Set once connected.
+    link: Option<Connected>,
 }
 
-/// Runs the trigger until it is stopped (`Ok`) or its connection or intake fails (`Err`).
-pub(super) async fn run(args: &SourceArgs, mut stop: Stop) -> Result<(), String> {
-    let rt = &args.runtime;
-    let TriggerSpec::Mqtt(cfg) = &args.trigger.spec else {
-        return Err("not an mqtt trigger".into());
-    };
-    set_status(rt, json!({"connected": false, "subscribed": false}));
-    let receive_maximum = u16::try_from(rt.max_in_flight).unwrap_or(u16::MAX);
-    let link = Link::open(cfg, rt.name(), receive_maximum)?;
-    let closer = link.closer();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let mut connection = tokio::spawn(drive(
-        link,
-        cfg.subscriptions.clone(),
-        cfg.version,
-        rt.clone(),
-        tx,
-    ));
-    let ended = take_all(args, rx, &mut stop, &mut connection).await;
-    // The connection task writes what is queued before the DISCONNECT (acks of jobs that
-    // settled), then ends; one that cannot is dropped after the grace period.
-    closer.close();
-    let abort = connection.abort_handle();
-    tokio::spawn(async move {
-        tokio::time::sleep(CLOSE_GRACE).await;
-        abort.abort();
-    });
-    match ended? {
-        Ended::Stopped => Ok(()),
-        Ended::Connection(Ok(Ok(()))) => Err("MQTT connection closed".into()),
-        Ended::Connection(Ok(Err(e))) => Err(e),
-        Ended::Connection(Err(e)) => Err(format!("MQTT connection task failed: {e}")),
+/// The hand-over queue, the connection task and its closer.
+type Connected = (
+    mpsc::Receiver<Box<Message>>,
+    JoinHandle<Result<(), String>>,
+    Closer,
+);
+
+/// What one message owes its broker.
+pub(super) struct Receipt {
+    topic: String,
+    event_id: String,
+    ack: Ack,
+    /// `None` for QoS 0: nothing to acknowledge.
+    settlement: Option<Settlement>,
+}
+
+impl MqttSource {
+    pub(super) fn new(cfg: MqttConfig) -> Self {
+        Self { cfg, link: None }
+    }
+}
+
+/// Why the connection task ended, as the trigger's error.
+fn ended(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "MQTT connection closed".into(),
+        Ok(Err(e)) => e,
+        Err(e) => format!("MQTT connection task failed: {e}"),
+    }
+}
+
+fn pulled(m: Message) -> Pulled<Receipt> {
+    let Message {
+        topic,
+        qos,
+        event,
+        defect,
+        ack,
+    } = m;
+    let event = Event::unique("mqtt", event).with_defect(defect);
+    Pulled {
+        receipt: Receipt {
+            topic,
+            event_id: event.id.clone(),
+            ack,
+            settlement: (qos > 0).then(Settlement::default),
+        },
+        event,
+    }
+}
+
+impl Source for MqttSource {
+    type Receipt = Receipt;
+
+    async fn connect(&mut self, ctx: &SourceContext) -> Result<(), String> {
+        let rt = ctx.runtime();
+        set_status(rt, json!({"connected": false, "subscribed": false}));
+        let receive_maximum = u16::try_from(rt.max_in_flight).unwrap_or(u16::MAX);
+        let link = Link::open(&self.cfg, rt.name(), receive_maximum)?;
+        let closer = link.closer();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let connection = tokio::spawn(drive(
+            link,
+            self.cfg.subscriptions.clone(),
+            self.cfg.version,
+            Arc::clone(&ctx.args.runtime),
+            tx,
+        ));
+        self.link = Some((rx, connection, closer));
+        Ok(())
+    }
+
+    /// The messages handed over, up to `max`. A message from a connection that is gone could
+    /// not be acknowledged (its jobs would run again on redelivery): not taken.
+    async fn receive(
+        &mut self,
+        _ctx: &SourceContext,
+        max: usize,
+    ) -> Result<Vec<Pulled<Receipt>>, String> {
+        let (messages, connection, _) = self.link.as_mut().ok_or("not connected")?;
+        let first = tokio::select! {
+            biased;
+            r = &mut *connection => return Err(ended(r)),
+            m = messages.recv() => match m {
+                Some(m) => m,
+                None => return Err(ended(connection.await)),
+            },
+        };
+        let mut batch = vec![pulled(*first)];
+        while batch.len() < max && !connection.is_finished() {
+            match messages.try_recv() {
+                Ok(m) => batch.push(pulled(*m)),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    fn job_ack(receipt: &Receipt) -> AckHandle {
+        match &receipt.settlement {
+            Some(s) => s.job_ack(),
+            None => AckHandle::none(),
+        }
+    }
+
+    async fn acknowledge(
+        &mut self,
+        _ctx: &SourceContext,
+        r: Receipt,
+        answer: &Result<Accepted, IntakeError>,
+    ) -> Result<(), String> {
+        // QoS 0: received once the intake flushed its jobs to disk; nothing to send.
+        let Some(settlement) = r.settlement else {
+            return Ok(());
+        };
+        match answer {
+            Ok(Accepted::Queued(ids)) => {
+                let outcomes = settlement.into_outcomes();
+                tokio::spawn(ack_when_settled(r.ack, r.topic, ids.len(), outcomes));
+            }
+            // Already durable (parked, or a dead letter recording why it cannot run) or nothing
+            // to run: done as far as the broker is concerned.
+            Ok(
+                Accepted::Parked(_)
+                | Accepted::Duplicate(_)
+                | Accepted::Filtered
+                | Accepted::DeadLettered(_),
+            ) => r.ack.send(&r.topic, &r.event_id).await,
+            // Left unacknowledged; the shell fails the actor.
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The connection task writes what is queued before the DISCONNECT (acks of jobs that
+    /// settled), then ends; one that cannot is dropped after the grace period.
+    async fn close(&mut self, ctx: &SourceContext, error: Option<&str>) {
+        if let Some(e) = error {
+            set_status(ctx.runtime(), json!({"connected": false, "error": e}));
+        }
+        if let Some((_, connection, closer)) = self.link.take() {
+            closer.close();
+            let abort = connection.abort_handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                abort.abort();
+            });
+        }
     }
 }
 
@@ -79,7 +200,7 @@ async fn drive(
     mut link: Link,
     subscriptions: Vec<MqttSubscription>,
     version: u8,
-    rt: std::sync::Arc<TriggerRuntime>,
+    rt: Arc<TriggerRuntime>,
     messages: mpsc::Sender<Box<Message>>,
 ) -> Result<(), String> {
     let mut session_present = false;
@@ -114,107 +235,12 @@ async fn drive(
     }
 }
 
-async fn stopped(stop: &mut Stop) {
-    let _ = stop.0.wait_for(|s| *s).await;
-}
-
-/// Takes the messages handed over, one at a time, as `max_in_flight` allows.
-async fn take_all(
-    args: &SourceArgs,
-    mut messages: mpsc::Receiver<Box<Message>>,
-    stop: &mut Stop,
-    connection: &mut tokio::task::JoinHandle<Result<(), String>>,
-) -> Result<Ended, String> {
-    let rt = &args.runtime;
-    loop {
-        let m = tokio::select! {
-            biased;
-            _ = stopped(stop) => return Ok(Ended::Stopped),
-            // A message from a connection that is gone could not be acknowledged: its jobs
-            // would run again on redelivery. Not taken.
-            r = &mut *connection => return Ok(Ended::Connection(r)),
-            m = messages.recv() => match m {
-                Some(m) => m,
-                None => return Ok(Ended::Connection(connection.await)),
-            },
-        };
-        let room = tokio::select! {
-            biased;
-            _ = stopped(stop) => None,
-            r = &mut *connection => return Ok(Ended::Connection(r)),
-            _ = rt.wait_for_capacity() => Some(()),
-        };
-        if room.is_none() {
-            // Unacknowledged: a persistent session gets it again; QoS 0 is lost.
-            tracing::warn!(trigger = rt.name(), topic = %m.topic, "trigger stopped while full; message not taken");
-            return Ok(Ended::Stopped);
-        }
-        take(args, *m).await?;
-    }
-}
-
-/// Turns one message into jobs and arranges its ack. Errors that mean the trigger cannot go on
-/// (store or router down) fail the actor; the message stays unacknowledged.
-async fn take(args: &SourceArgs, m: Message) -> Result<(), String> {
-    let rt = &args.runtime;
-    let Message {
-        topic,
-        qos,
-        event,
-        defect,
-        ack,
-    } = m;
-    let event = Event::unique("mqtt", event).with_defect(defect);
-    let event_id = event.id.clone();
-    if qos == 0 {
-        // Nothing to acknowledge: received once accept() has flushed the jobs to disk.
-        // A refused message becomes a dead letter with its reason (written by the intake).
-        return match args.intake.accept(rt, event, |_| AckHandle::none()).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("could not accept a message: {e}")),
-        };
-    }
-    let (tx, settled) = mpsc::unbounded_channel::<()>();
-    let accepted = args
-        .intake
-        .accept(rt, event, |_| {
-            let tx = tx.clone();
-            AckHandle::on_settle(move |_outcome| {
-                let _ = tx.send(());
-            })
-        })
-        .await;
-    drop(tx);
-    match accepted {
-        Ok(Accepted::Queued(ids)) => {
-            tokio::spawn(ack_when_settled(ack, topic, ids.len(), settled));
-        }
-        // Already durable (parked, or a dead letter recording why it cannot run) or nothing to
-        // run: done as far as the broker is concerned.
-        Ok(
-            Accepted::Parked(_)
-            | Accepted::Duplicate(_)
-            | Accepted::Filtered
-            | Accepted::DeadLettered(_),
-        ) => {
-            ack.send(&topic, &event_id).await;
-        }
-        Err(e) => return Err(format!("could not accept a message: {e}")),
-    }
-    Ok(())
-}
-
 /// Acknowledges once every job of the message has a durable outcome (success or dead letter).
 /// A handle dropped unsettled leaves the message unacknowledged, for the broker to redeliver
 /// to the next connection of a persistent session.
-async fn ack_when_settled(
-    ack: Ack,
-    topic: String,
-    jobs: usize,
-    mut settled: mpsc::UnboundedReceiver<()>,
-) {
+async fn ack_when_settled(ack: Ack, topic: String, jobs: usize, mut outcomes: Outcomes) {
     for _ in 0..jobs {
-        if settled.recv().await.is_none() {
+        if outcomes.next().await.is_none() {
             tracing::info!(topic = %topic, pkid = ack.pkid(), "a job ended without a durable outcome; message left unacknowledged for redelivery");
             return;
         }

@@ -29,15 +29,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::cron::CronSpec;
-use super::http::RouteTable;
-use super::kind::{SavedState, SpawnFuture, TriggerKind};
 use super::schedule::{utc_name, Overlap, TimedMsg, TimedState, Work};
-use super::SourceArgs;
 use crate::model::event::Event;
 use crate::model::job::JobId;
 use crate::preprocess::DefaultArgs;
 use crate::preprocess::{KeyExpr, DEFAULT_JQ_TIMEOUT};
 use crate::runners::{RunContext, Runnable};
+use crate::triggers::http::RouteTable;
+use crate::triggers::kind::{SavedState, SpawnFuture, TriggerKind};
+use crate::triggers::SourceArgs;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

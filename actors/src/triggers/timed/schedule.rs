@@ -19,14 +19,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::cron::CronSpec;
-use super::http::RouteTable;
-use super::kind::{SavedState, SpawnFuture, TriggerKind};
 use super::poll::PollWork;
-use super::{Accepted, SourceArgs};
 use crate::model::ack::AckHandle;
 use crate::model::event::Event;
 use crate::model::job::JobOutcome;
 use crate::preprocess::DefaultArgs;
+use crate::triggers::http::RouteTable;
+use crate::triggers::kind::{SavedState, SpawnFuture, TriggerKind};
+use crate::triggers::{Accepted, SourceArgs};
 
 mod state;
 use state::advance;

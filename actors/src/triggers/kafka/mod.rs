@@ -1,0 +1,226 @@
+//! Kafka trigger (rdkafka over librdkafka): one actor per trigger; the actor owns a consumer
+//! thread that owns the group membership. When every broker is unreachable, a subscribed topic
+//! does not exist or the client hits a fatal error, the actor fails and the trigger supervisor
+//! restarts it with backoff (`backing_off`, never disabled).
+//!
+//! Delivery (docs/architecture.md, "Delivery"):
+//! - Auto-commit is off. Each taken offset stays pending until every job of its message has a
+//!   durable outcome (success or dead letter); the committed position of a partition is the
+//!   first pending offset, so a slow message never lets a later offset be committed past it.
+//!   Commits go to the broker every `commit_interval` and, with the same positions, to sled.
+//! - On assignment the start position of a partition is the later of the broker's committed
+//!   offset and the position saved in sled (a commit the broker lost, say in a crash between
+//!   the two, is not replayed from the broker's older offset).
+//! - On revocation the trigger waits up to `rebalance_drain_timeout` for the revoked partitions'
+//!   jobs, commits what finished and abandons the rest uncommitted (the jobs still run here;
+//!   the new owner gets those messages again).
+//! - At `max_in_flight` the assigned partitions are paused (polling goes on, for the group's
+//!   heartbeats and rebalances) and resumed once jobs finish; nothing is buffered.
+//! - Event ids are deterministic: trigger + reset epoch + topic + partition + offset + message
+//!   timestamp. A message read again after a crash is deduplicated; a reset (`POST
+//!   /api/triggers/{name}/reset`) starts a new epoch so the replayed messages run again; the
+//!   timestamp keeps a re-created topic's offsets from colliding with the old ones.
+//!
+//! Event (`kind = "kafka"`): `payload` (base64), `data` (parsed, when the payload is UTF-8
+//! JSON), `key` (UTF-8 text, or base64 with `key_encoding = "base64"`; null without a key),
+//! `topic`, `partition`, `offset`, `timestamp` (ms since the epoch, or null),
+//! `timestamp_type` (`create_time`/`log_append_time`), `headers` (`{name: [values]}`, values as
+//! text, or base64 when not UTF-8), `group_id`.
+//!
+//! Files: `config.rs` (keys, client properties), `event.rs` (event shape and ids), `offsets.rs`
+//! (saved positions, resets, what may be committed), `context.rs` (librdkafka callbacks:
+//! assignment, revocation), `consumer.rs` (the consumer thread).
+
+mod config;
+mod consumer;
+mod context;
+mod event;
+mod offsets;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The client this trigger speaks, for tests and tools that produce to it.
+pub use rdkafka;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use serde_json::{json, Value};
+
+pub use self::config::{
+    order_by_expr, order_by_key, AutoOffsetReset, KafkaConfig, KafkaSecurity, SaslMechanism,
+    SecurityProtocol, PROGRAM_PROPERTIES,
+};
+use self::consumer::{consume, set_status_field};
+pub use self::offsets::{request_reset, KafkaState, ResetPoint, ResetRequest, ResetTo};
+use crate::preprocess::DefaultArgs;
+use crate::preprocess::KeyExpr;
+use crate::store::Store;
+use crate::triggers::http::RouteTable;
+use crate::triggers::kind::{Reset, ResetOutcome, SavedState, SpawnFuture, TriggerKind};
+use crate::triggers::SourceArgs;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+pub enum KafkaMsg {
+    /// The consumer thread ended with an error: fail so the supervisor backs off.
+    Lost(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+impl TriggerKind for KafkaConfig {
+    fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
+        KafkaConfig::validate(self)
+    }
+
+    fn endpoint(&self, _trigger: &str) -> String {
+        KafkaConfig::endpoint(self)
+    }
+
+    fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
+        order_by_expr(configured)
+    }
+
+    fn order_by(&self, configured: Option<&str>) -> Option<Result<KeyExpr, String>> {
+        order_by_key(configured)
+    }
+
+    /// Windmill hands a broker message to the script as its base64 `payload`.
+    fn default_args(&self) -> DefaultArgs {
+        |event| json!({ "payload": event.get("payload").cloned().unwrap_or_default() })
+    }
+
+    fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
+        Some(Box::pin(async move {
+            Actor::spawn_linked(None, KafkaTrigger, args, supervisor)
+                .await
+                .map(|(actor, _)| actor.get_cell())
+        }))
+    }
+
+    fn program_keys(&self) -> Vec<String> {
+        self.program_properties()
+            .into_iter()
+            .map(|p| format!("properties.{p}"))
+            .collect()
+    }
+
+    /// The group's saved positions; moved by resets.
+    fn saved_state(&self) -> SavedState {
+        SavedState::ReadOnly
+    }
+
+    fn reset(&self) -> Option<&dyn Reset> {
+        Some(&GroupReset)
+    }
+}
+
+/// Resets of a Kafka trigger's consumer group (`POST /api/triggers/{name}/reset`).
+struct GroupReset;
+
+impl Reset for GroupReset {
+    fn reset<'a>(
+        &'a self,
+        store: &'a Store,
+        trigger: &'a str,
+        request: Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ResetOutcome, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let request: ResetRequest = serde_json::from_value(request).map_err(|err| {
+                format!("body must be {{\"to\": \"earliest\" | \"latest\" | {{\"offset\": n}} | {{\"timestamp\": ms}}}}: {err}")
+            })?;
+            let id = request_reset(store, trigger, request.to).await?;
+            // The trigger's consumer thread applies it at its next poll: wait for its record.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < deadline {
+                let saved = KafkaState::load(store, trigger)?;
+                if let Some(last) = saved.last_reset.filter(|l| l["id"] == json!(id)) {
+                    return Ok(ResetOutcome::Applied(last));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(ResetOutcome::Pending(json!({
+                "id": id,
+                "status": "pending",
+                "message": "the trigger has no assigned partitions yet; the reset applies when it gets them",
+            })))
+        })
+    }
+}
+
+pub struct KafkaTrigger;
+
+pub struct KafkaActorState {
+    stop: Arc<AtomicBool>,
+    /// Ends when the consumer thread has committed, left the group and let go of the client.
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Actor for KafkaTrigger {
+    type Msg = KafkaMsg;
+    type State = KafkaActorState;
+    type Arguments = SourceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<KafkaMsg>,
+        args: SourceArgs,
+    ) -> Result<KafkaActorState, ActorProcessingErr> {
+        // librdkafka's calls block (rebalance callbacks, commits, polls): the consumer lives
+        // on its own thread, and hands events to the async intake through the runtime handle.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let handle = tokio::runtime::Handle::current();
+        let thread_stop = stop.clone();
+        let name = format!("kafka-{}", args.runtime.name());
+        std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || {
+                let result = consume(&args, &thread_stop, handle);
+                if let Err(e) = result {
+                    set_status_field(&args.runtime, "connected", json!(false));
+                    set_status_field(&args.runtime, "error", json!(e));
+                    let _ = myself.cast(KafkaMsg::Lost(e));
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start the consumer thread: {e}"))?;
+        Ok(KafkaActorState {
+            stop,
+            done: Some(done),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<KafkaMsg>,
+        msg: KafkaMsg,
+        _state: &mut KafkaActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            KafkaMsg::Lost(e) => Err(e.into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<KafkaMsg>,
+        state: &mut KafkaActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Wait for the thread to commit and leave the group, so a restarted trigger never
+        // races the old consumer's last commit.
+        state.stop.store(true, Ordering::Release);
+        if let Some(done) = state.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), done).await;
+        }
+        Ok(())
+    }
+}
