@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::binary::MillgateProcess;
 use common::{TestService, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -383,61 +384,13 @@ async fn trigger_names_are_short_and_plain() {
     t.stop().await;
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// `millgate run` on the embedded default configuration in `dir`, until SIGTERM.
-struct Running {
-    child: tokio::process::Child,
-    admin: String,
-}
-
-impl Running {
-    async fn start(dir: &Path) -> Self {
-        let admin_port = free_port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
-            .args(["--log-format", "json", "run"])
-            .current_dir(dir)
-            .env("MILLGATE_DATA", dir.join("data"))
-            .env("MILLGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("MILLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env_remove("MILLGATE_ADMIN_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("millgate starts");
-        let admin = format!("http://127.0.0.1:{admin_port}");
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let up = client.get(format!("{admin}/healthz")).send().await;
-            if up.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "millgate did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, admin }
-    }
-
-    async fn stop(self) -> String {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY: signalling the child this test started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let out = tokio::time::timeout(Duration::from_secs(20), self.child.wait_with_output())
-            .await
-            .expect("millgate stops on SIGTERM")
-            .expect("output");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
+/// `millgate run` on the embedded default configuration in a temp dir, logging JSON.
+async fn start_default() -> MillgateProcess {
+    let mut mg = MillgateProcess::default_config();
+    mg.global_args(&["--log-format", "json"])
+        .env_remove("RUST_LOG");
+    mg.start().await;
+    mg
 }
 
 async fn status_with(admin: &str, token: &str) -> u16 {
@@ -456,9 +409,8 @@ async fn status_with(admin: &str, token: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_config_generates_its_admin_token_once() {
     assert!(!millgate::DEFAULT_CONFIG.contains("change-me-admin"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("data/admin-token");
-    let run = Running::start(dir.path()).await;
+    let mut run = start_default().await;
+    let file = run.data_dir().join("admin-token");
     let token = std::fs::read_to_string(&file).expect("token file written");
     let token = token.trim().to_string();
     assert!(
@@ -481,9 +433,9 @@ async fn the_default_config_generates_its_admin_token_once() {
     assert_eq!(status_with(&run.admin, "change-me-admin").await, 401);
     assert_eq!(status_with(&run.admin, &token).await, 200);
     // The CLI beside the data directory finds the token by itself.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
+    let out = tokio::process::Command::new(common::binary::BIN)
         .args(["triggers", "list", "--admin-url", &run.admin])
-        .current_dir(dir.path())
+        .current_dir(run.dir())
         .env_remove("MILLGATE_ADMIN_TOKEN")
         .env_remove("MILLGATE_DATA")
         .output()
@@ -495,14 +447,16 @@ async fn the_default_config_generates_its_admin_token_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
-    let log = run.stop().await;
+    run.stop().await;
+    let log = run.output();
     let said = format!("admin token generated: {}", file.display());
     assert_eq!(log.matches(&said).count(), 1, "{log}");
     assert!(!log.contains(&token), "the token itself is never logged");
 
-    let run = Running::start(dir.path()).await;
+    run.start().await;
     assert_eq!(status_with(&run.admin, &token).await, 200, "the same token");
-    let log = run.stop().await;
+    run.stop().await;
+    let log = run.output();
     assert!(!log.contains("admin token generated"), "{log}");
     assert_eq!(
         std::fs::read_to_string(&file).unwrap().trim(),

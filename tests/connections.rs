@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{free_port, wait_ready, TestService};
+use common::binary::MillgateProcess;
+use common::TestService;
 
 /// Reads what the server sends until it closes the connection or `within` passes. `None`: the
 /// connection was still open at the deadline.
@@ -122,24 +123,8 @@ fn raise_own_nofile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_1024_file_descriptors_1100_slow_clients_do_not_lock_others_out() {
     raise_own_nofile();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin_port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{}"
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-token = "admin-token"
-
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.echo]
 kind = "echo"
 
@@ -149,38 +134,12 @@ kind = "webhook"
 runnable = "echo"
 token = "t0k"
 "#,
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("millgate.log");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_millgate"));
-    cmd.args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            let rl = libc::rlimit {
-                rlim_cur: 1024,
-                rlim_max: 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("millgate starts");
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    wait_ready(&client, &base).await;
-    wait_ready(&client, &admin).await;
+    );
+    mg.nofile_limit(1024);
+    mg.start().await;
+    let (base, admin) = (mg.ingress.clone(), mg.admin.clone());
 
-    let addr = format!("127.0.0.1:{port}");
+    let addr = mg.ingress_addr().to_string();
     let slow = tokio::task::spawn_blocking(move || {
         let mut held = Vec::new();
         for _ in 0..1100 {
@@ -216,9 +175,8 @@ token = "t0k"
         .timeout(within)
         .send()
         .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    mg.kill_9();
+    let text = mg.output();
     let resp = resp.unwrap_or_else(|e| panic!("webhook not answered: {e}\n{text}"));
     assert_eq!(resp.status(), 202, "{text}");
     let healthz = healthz.unwrap_or_else(|e| panic!("admin /healthz not answered: {e}\n{text}"));

@@ -5,30 +5,19 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{free_port, lines, start_millgate, wait_ready};
+use common::binary::MillgateProcess;
+use common::lines;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let done = dir.path().join("done.log");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(
+        r#"
 [router]
 runners = 2
 
 [runnables.slow]
-command = ["sh", "-c", 'sleep 0.1; echo "$PPID $MILLGATE_JOB_ID" >> {dir}/done.log']
+command = ["sh", "-c", 'sleep 0.1; echo "$PPID $MILLGATE_JOB_ID" >> {DIR}/done.log']
 
 [[triggers]]
 name = "crashy"
@@ -36,14 +25,11 @@ kind = "webhook"
 runnable = "slow"
 token = "tk"
 "#,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    );
+    let done = mg.path("done.log");
+    let base = mg.ingress.clone();
     let client = reqwest::Client::new();
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
-    wait_ready(&client, &base).await;
+    mg.start().await;
 
     const N: usize = 60;
     let mut accepted = Vec::new();
@@ -64,16 +50,14 @@ token = "tk"
         accepted.push(id);
     }
     // 60 jobs at 2 × 0.1 s take 3 s: most are still queued now.
-    child.kill().expect("kill -9");
-    child.wait().unwrap();
+    mg.kill_9();
     let finished_before = lines(&done).len();
     assert!(
         finished_before < N,
         "the crash came too late to test anything"
     );
 
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
-    wait_ready(&client, &base).await;
+    mg.start().await;
 
     // Every accepted job finishes: its record says succeeded and it ran.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -139,8 +123,7 @@ token = "tk"
         assert_eq!(body["duplicate"], true);
         assert_eq!(body["job_id"].as_str().unwrap(), id);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    mg.kill_9();
     eprintln!(
         "finished before the kill: {finished_before}/{N}; ran twice: {}",
         twice.len()

@@ -11,9 +11,13 @@
 //! - The few commands that cannot run here are listed in [`RUN_ELSEWHERE`] with what runs them
 //!   instead; an entry that matches no command any more fails the test.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use common::binary::{MillgateProcess, BIN};
 
 /// Commands of the docs not run by this test, each with what covers it.
 const RUN_ELSEWHERE: &[(&str, &str)] = &[
@@ -277,13 +281,6 @@ fn job_id_in(output: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A shell session: the exports so far, the addresses of the millgate under test, the last
 /// job id printed.
 struct Session {
@@ -399,59 +396,30 @@ impl Session {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_of_the_docs_runs() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let dir = work.path().join("try");
-    let bin = work.path().join("bin");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::create_dir_all(&bin).expect("mkdir");
+    // The README's first command runs `millgate run` on the embedded configuration from a
+    // fresh directory (`./data` there); only its listeners move to free ports
+    // (`${MILLGATE_LISTEN:-…}` in config.toml). Its log goes to a pipe: nothing but what the
+    // docs' commands write appears in the directory.
     // What `cargo install --path .` leaves: `millgate` on PATH.
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_millgate"), bin.join("millgate"))
-        .expect("symlink");
+    let bin = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(BIN, bin.path().join("millgate")).expect("symlink");
     let path = format!(
         "{}:{}",
-        bin.display(),
+        bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let (ingress, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-
-    // The README's first command runs `millgate run` on the embedded configuration; only its
-    // listeners move to free ports (`${MILLGATE_LISTEN:-…}` in config.toml).
-    let mut service = tokio::process::Command::new("millgate")
-        .arg("run")
-        .current_dir(&dir)
+    let mut service = MillgateProcess::default_config();
+    service
         .env("PATH", &path)
-        .env("MILLGATE_LISTEN", &ingress)
-        .env("MILLGATE_ADMIN_LISTEN", &admin)
-        .env_remove("MILLGATE_ADMIN_TOKEN")
-        .env_remove("MILLGATE_HELLO_TOKEN")
         .env_remove("MILLGATE_DATA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("millgate starts");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = client
-            .get(format!("http://{admin}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if up {
-            break;
-        }
-        assert!(
-            service.try_wait().expect("wait").is_none(),
-            "millgate run exited"
-        );
-        assert!(Instant::now() < deadline, "millgate did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .env_remove("MILLGATE_HELLO_TOKEN")
+        .stderr_to_pipe();
+    service.start().await;
+    let dir = service.dir().to_path_buf();
+    let (ingress, admin) = (
+        service.ingress_addr().to_string(),
+        service.admin_addr().to_string(),
+    );
     // The docs read the admin token millgate made at its first start.
     assert!(
         dir.join("data/admin-token").exists(),
@@ -476,19 +444,11 @@ async fn every_command_of_the_docs_runs() {
     }
     assert!(ran >= 10, "only {ran} commands ran");
 
-    // SAFETY: a signal to the child this test started.
-    if let Some(pid) = service.id() {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    let out = tokio::time::timeout(Duration::from_secs(15), service.wait_with_output())
-        .await
-        .expect("millgate stops on SIGTERM")
-        .expect("wait");
+    let status = service.stop_within(Duration::from_secs(15)).await;
     assert!(
-        out.status.success(),
-        "millgate run: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "millgate run: {status}\n{}",
+        service.output()
     );
 }
 

@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{eventually, free_port, start_millgate, wait_ready, TestService};
+use common::binary::MillgateProcess;
+use common::{eventually, TestService};
 use millgate_actors::job::{JobId, JobStatus};
 use millgate_actors::triggers::nats::async_nats;
 use serde_json::{json, Value};
@@ -14,46 +15,13 @@ fn nested(n: usize) -> String {
     format!("{}{}", "[".repeat(n), "]".repeat(n))
 }
 
-fn sigterm(child: &std::process::Child) {
-    // SAFETY: kill(2) with a pid we own and a signal number.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-}
-
-/// Waits for the process to end; `None` when it is still running after `within`.
-fn wait_exit(
-    child: &mut std::process::Child,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 /// The attack from the field: a body nested 127 levels deep on an unauthenticated sync route
 /// used to be accepted, leave a record nobody could read, and stop the next start. Now it is
 /// refused with 422, what is accepted reads back, and the service restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_past_the_depth_limit_is_refused_and_the_service_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.echo]
 kind = "echo"
 
@@ -64,17 +32,13 @@ method = "post"
 path = "/greet/:name"
 mode = "sync"
 runnable = "echo"
-auth = {{ type = "none" }}
-preprocessor = {{ jq = '{{name: .params.name, mood: .body.mood, x: .body.x}}' }}
+auth = { type = "none" }
+preprocessor = { jq = '{name: .params.name, mood: .body.mood, x: .body.x}' }
 "#,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    );
+    let base = mg.ingress.clone();
     let client = reqwest::Client::new();
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
-    wait_ready(&client, &base).await;
+    mg.start().await;
 
     let post = |body: String| {
         client
@@ -108,17 +72,15 @@ preprocessor = {{ jq = '{{name: .params.name, mood: .body.mood, x: .body.x}}' }}
     assert_eq!(result["mood"], "ok");
     assert_eq!(result["x"].to_string(), nested(63));
 
-    sigterm(&child);
+    mg.sigterm();
     assert!(
-        wait_exit(&mut child, Duration::from_secs(15)).is_some(),
+        mg.wait_exit(Duration::from_secs(15)).await.is_some(),
         "millgate did not stop on SIGTERM"
     );
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
-    wait_ready(&client, &base).await;
+    mg.start().await;
     let resp = post(r#"{"mood":"fine"}"#.into()).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    mg.kill_9();
 }
 
 const ECHO: &str = r#"
@@ -219,19 +181,8 @@ async fn an_unreadable_record_is_quarantined_not_fatal() {
 /// `/healthz` and other triggers answer; SIGTERM still stops the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_and_crashing_filters_never_stall_the_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.echo]
 kind = "echo"
 
@@ -240,30 +191,26 @@ name = "spin"
 kind = "webhook"
 runnable = "echo"
 mode = "sync"
-preprocessor = {{ jq = '{{n: last(range(.body.n))}}', timeout = "500ms" }}
+preprocessor = { jq = '{n: last(range(.body.n))}', timeout = "500ms" }
 
 [[triggers]]
 name = "parse"
 kind = "webhook"
 runnable = "echo"
 mode = "sync"
-preprocessor = {{ jq = '.body.payload | fromjson | {{got: length}}' }}
+preprocessor = { jq = '.body.payload | fromjson | {got: length}' }
 
 [[triggers]]
 name = "recurse"
 kind = "webhook"
 runnable = "echo"
 mode = "sync"
-preprocessor = {{ jq = 'def f: if . > 0 then [(. - 1 | f)] else 0 end; .body.n | f | {{r: length}}' }}
+preprocessor = { jq = 'def f: if . > 0 then [(. - 1 | f)] else 0 end; .body.n | f | {r: length}' }
 "#,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    );
+    let base = mg.ingress.clone();
     let client = reqwest::Client::new();
-    let mut child = start_millgate(&config, &dir.path().join("log"));
-    wait_ready(&client, &base).await;
+    mg.start().await;
 
     // Eight runaway filters at once.
     let spins: Vec<_> = (0..8)
@@ -359,9 +306,9 @@ preprocessor = {{ jq = 'def f: if . > 0 then [(. - 1 | f)] else 0 end; .body.n |
         tokio::spawn(async move { c.post(url).json(&json!({"n": 1e12})).send().await });
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    sigterm(&child);
+    mg.sigterm();
     assert!(
-        wait_exit(&mut child, Duration::from_secs(30)).is_some(),
+        mg.wait_exit(Duration::from_secs(30)).await.is_some(),
         "millgate did not stop on SIGTERM"
     );
 }

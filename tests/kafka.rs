@@ -7,13 +7,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::binary::MillgateProcess;
+use common::brokers::BrokerProcess;
 use common::{
-    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, free_port, lines,
-    start_millgate, TestService,
+    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, lines, TestService,
 };
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::kafka::rdkafka;
@@ -708,25 +708,13 @@ async fn kill_9_mid_stream_loses_no_message_and_dedups_rereads() {
         )
         .await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let done = dir.path().join("done.log");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(&format!(
+        r#"
 [router]
 runners = 2
 
 [runnables.slow]
-command = ["sh", "-c", 'sleep 0.1; echo $MILLGATE_EVENT_ID $PPID >> {dir}/done.log']
+command = ["sh", "-c", 'sleep 0.1; echo $MILLGATE_EVENT_ID $PPID >> {{DIR}}/done.log']
 
 [[triggers]]
 name = "crashy"
@@ -739,27 +727,20 @@ auto_offset_reset = "earliest"
 commit_interval = "200ms"
 session_timeout = "6s"
 max_in_flight = 10
-"#,
-            dir = dir.path().display()
-        ),
-    )
-    .expect("config");
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
-    let first_pid = child.id().to_string();
-    let deadline = Instant::now() + SECS_30;
-    while lines(&done).len() < 8 {
-        assert!(
-            Instant::now() < deadline,
-            "millgate ran nothing before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().expect("kill -9");
-    child.wait().expect("wait");
+"#
+    ));
+    let done = mg.path("done.log");
+    mg.spawn();
+    let first_pid = mg.pid().to_string();
+    eventually(SECS_30, "millgate ran something before the kill", || {
+        lines(&done).len() >= 8
+    })
+    .await;
+    mg.kill_9();
     let before = lines(&done).len();
     assert!(before < N, "the crash came too late to test anything");
 
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
+    mg.spawn();
     // Every message ran: each partition's offsets all appear in the log.
     let ran_offsets = |path: &Path| -> Vec<(i32, i64)> {
         lines(path)
@@ -795,76 +776,19 @@ max_in_flight = 10
         )
         .await;
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    mg.kill_9();
 
     // One job per message: messages read again after the restart were deduplicated by id;
     // only jobs running at the kill may have run twice.
-    assert_eq!(
-        assert_one_job_per_event(&dir.path().join("data"), "crashy"),
-        N
-    );
+    assert_eq!(assert_one_job_per_event(&mg.data_dir(), "crashy"), N);
     let twice = assert_repeats_only_across_the_kill(&done, &first_pid);
     eprintln!("ran before the kill: {before}/{N}; ran twice: {twice}");
 }
 
-/// A private tansu (in-memory storage) on a free port.
-struct Tansu {
-    child: Child,
-}
-
-impl Tansu {
-    fn start(port: u16) -> Self {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let bin = std::env::var("TANSU")
-            .ok()
-            .or_else(|| {
-                let home = std::env::var("HOME").ok()?;
-                let p = Path::new(&home).join(".cargo/bin/tansu");
-                p.exists().then(|| p.display().to_string())
-            })
-            .unwrap_or_else(|| "tansu".into());
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts (scripts/services.sh installs it)");
-        Self { child }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + SECS_30;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "tansu did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_backs_off_then_reconnects_and_continues() {
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
-    let mut server = Tansu::start(port);
-    wait_port(port).await;
+    let mut server = BrokerProcess::tansu().await;
+    let brokers = server.addr();
     // In-memory tansu forgets its topics when it stops, so the topic is created anew after
     // the restart; the trigger's subscription is by name and picks it up again.
     create_topic(&brokers, "orders", 1).await;
@@ -890,7 +814,7 @@ preprocessor = {{ jq = '{{n: .data.n}}' }}
     ))
     .await;
     wait_assigned(&t, "resilient").await;
-    drop(server);
+    server.kill();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = trigger_state(&t, "resilient");
@@ -903,8 +827,7 @@ preprocessor = {{ jq = '{{n: .data.n}}' }}
     }
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
-    server = Tansu::start(port);
-    wait_port(port).await;
+    server.restart().await;
     create_topic(&brokers, "orders", 1).await;
     produce(&producer(&brokers), "orders", 0, None, br#"{"n": 2}"#, &[]).await;
     let jobs = wait_jobs(&t, "resilient", 1).await;

@@ -9,13 +9,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{eventually, free_port, lines, start_millgate, TestService};
+use common::binary::MillgateProcess;
+use common::brokers::BrokerProcess;
+use common::{eventually, free_port, lines, TestService};
 use millgate_actors::job::{JobRecord, JobStatus};
 use millgate_actors::triggers::mqtt::rumqttc::v5::{self, mqttbytes::v5 as v5p};
 use millgate_actors::triggers::mqtt::rumqttc::{
@@ -733,10 +735,8 @@ async fn kill_9_loses_no_message(version: u8) {
     let base = unique("mgcrash");
     let client_id = unique("mgcrash");
     let topic = format!("{base}/m");
-    let broker_dir = tempfile::tempdir().expect("tempdir");
-    let bport = free_port();
-    let _broker = Mosquitto::start(bport, broker_dir.path());
-    wait_port(bport).await;
+    let broker = BrokerProcess::mosquitto().await;
+    let bport = broker.port();
     // Create the session (and its subscription) first, so the broker queues every message
     // for millgate's client id before millgate ever runs.
     observe_session(bport, &client_id, Some(&topic), Duration::ZERO, version).await;
@@ -754,25 +754,13 @@ async fn kill_9_loses_no_message(version: u8) {
     }
     publisher.wait_acked(N).await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let done = dir.path().join("done.log");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(&format!(
+        r#"
 [router]
 runners = 2
 
 [runnables.slow]
-command = ["sh", "-c", 'read -r line; sleep 0.1; echo "$line" >> {dir}/done.log']
+command = ["sh", "-c", 'read -r line; sleep 0.1; echo "$line" >> {{DIR}}/done.log']
 
 [[triggers]]
 name = "crashy"
@@ -785,26 +773,19 @@ client_id = "{client_id}"
 subscriptions = [{{ topic = "{topic}", qos = 1 }}]
 max_in_flight = 10
 preprocessor = {{ jq = '{{i: .data.i}}' }}
-"#,
-            dir = dir.path().display()
-        ),
-    )
-    .expect("config");
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
-    let deadline = Instant::now() + SECS_20;
-    while lines(&done).len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "millgate ran nothing before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().expect("kill -9");
-    child.wait().expect("wait");
+"#
+    ));
+    let done = mg.path("done.log");
+    mg.spawn();
+    eventually(SECS_20, "millgate ran something before the kill", || {
+        lines(&done).len() >= 5
+    })
+    .await;
+    mg.kill_9();
     let before = lines(&done).len();
     assert!(before < N, "the crash came too late to test anything");
 
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
+    mg.spawn();
     let ran = |path: &Path| -> Vec<u64> {
         lines(path)
             .iter()
@@ -822,7 +803,7 @@ preprocessor = {{ jq = '{{i: .data.i}}' }}
         assert!(
             Instant::now() < deadline,
             "messages never ran: {missing:?}; see {}",
-            dir.path().display()
+            mg.dir().display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -839,8 +820,7 @@ preprocessor = {{ jq = '{{i: .data.i}}' }}
         }
         assert!(Instant::now() < deadline, "runs never settled");
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    mg.kill_9();
     let total = ran(&done).len();
     eprintln!("ran before the kill: {before}/{N}; runs in all: {total} (redeliveries run again)");
     // Nothing is left unacknowledged in the session once the second process has run
@@ -891,16 +871,13 @@ async fn kill_9_mid_stream(version: u8) {
     let session = persistent_session(version);
     let client_id = unique("mgstream");
     let topic = format!("{}/m", unique("mgstream"));
-    let broker_dir = tempfile::tempdir().expect("tempdir");
-    let bport = free_port();
-    let _broker = Mosquitto::start_with(
-        broker_dir.path(),
-        &format!(
-            "listener {bport} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {N}\nmax_queued_messages {}\n",
-            2 * N
-        ),
-    );
-    wait_port(bport).await;
+    let broker = BrokerProcess::mosquitto_with(&format!(
+        "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages {N}\nmax_queued_messages {}\n",
+        free_port(),
+        2 * N
+    ))
+    .await;
+    let bport = broker.port();
     observe_session(bport, &client_id, Some(&topic), Duration::ZERO, version).await;
     let publisher = Publisher::new(bport);
     for i in 0..N {
@@ -910,24 +887,13 @@ async fn kill_9_mid_stream(version: u8) {
     }
     publisher.wait_acked(N).await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let done = dir.path().join("done.log");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(&format!(
+        r#"
 [router]
 runners = 2
 
 [runnables.log]
-command = ["sh", "-c", 'read -r i; echo "$i $PPID" >> {dir}/done.log']
+command = ["sh", "-c", 'read -r i; echo "$i $PPID" >> {{DIR}}/done.log']
 
 [[triggers]]
 name = "stream"
@@ -940,14 +906,11 @@ client_id = "{client_id}"
 subscriptions = [{{ topic = "{topic}", qos = 1 }}]
 max_in_flight = {MAX_IN_FLIGHT}
 preprocessor = {{ jq = '.data' }}
-"#,
-            port = free_port(),
-            dir = dir.path().display()
-        ),
-    )
-    .expect("config");
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
-    let first_pid = child.id().to_string();
+"#
+    ));
+    let done = mg.path("done.log");
+    mg.spawn();
+    let first_pid = mg.pid().to_string();
     let deadline = Instant::now() + SECS_20;
     while lines(&done).len() < 300 {
         assert!(
@@ -957,12 +920,11 @@ preprocessor = {{ jq = '.data' }}
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.kill().expect("kill -9");
-    child.wait().expect("wait");
+    mg.kill_9();
     let before = lines(&done).len();
     assert!(before < N, "the crash came too late to test anything");
 
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
+    mg.spawn();
     let ran = || -> std::collections::BTreeSet<u64> {
         lines(&done)
             .iter()
@@ -975,7 +937,7 @@ preprocessor = {{ jq = '.data' }}
             Instant::now() < deadline,
             "{} of {N} messages ran; see {}",
             ran().len(),
-            dir.path().display()
+            mg.dir().display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -990,8 +952,7 @@ preprocessor = {{ jq = '.data' }}
             stable_since = Instant::now();
         }
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    mg.kill_9();
     // A job the killed process had queued runs again after the restart (recovered from the
     // store), and so does its message's redelivery (a new event: MQTT ids are not stable).
     let mut runs: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -1020,67 +981,10 @@ preprocessor = {{ jq = '.data' }}
     );
 }
 
-struct Mosquitto {
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(port: u16, dir: &Path) -> Self {
-        Self::start_with(
-            dir,
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-    }
-
-    /// A broker on `listeners` (its listener and security lines); log in `dir`. Started as
-    /// root, mosquitto would switch to its own user, who cannot read the test's files: it
-    /// stays root.
-    fn start_with(dir: &Path, listeners: &str) -> Self {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("persistence false\nlog_dest stderr\nlog_type all\nuser root\n{listeners}"),
-        )
-        .expect("mosquitto config");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mosquitto.log")).expect("log file"))
-            .spawn()
-            .expect("mosquitto starts");
-        Self { child }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + SECS_20;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "mosquitto did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_backs_off_then_reconnects_and_continues() {
-    let conf_dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut broker = Mosquitto::start(port, conf_dir.path());
-    wait_port(port).await;
+    let mut broker = BrokerProcess::mosquitto().await;
+    let port = broker.port();
     let t = TestService::start(&format!(
         r#"
 [supervisor]
@@ -1109,7 +1013,7 @@ subscriptions = [{{ topic = "orders/#", qos = 1 }}]
     wait_jobs(&t, "resilient", 1).await;
     drop(publisher);
 
-    broker.stop();
+    broker.kill();
     let deadline = Instant::now() + SECS_20;
     loop {
         let s = trigger_state(&t, "resilient");
@@ -1122,8 +1026,7 @@ subscriptions = [{{ topic = "orders/#", qos = 1 }}]
     }
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
-    let _broker = Mosquitto::start(port, conf_dir.path());
-    wait_port(port).await;
+    broker.restart().await;
     wait_subscribed(&t, "resilient").await;
     let publisher = Publisher::new(port);
     publisher
@@ -1324,14 +1227,13 @@ preprocessor = {{ jq = '{{topic, data, qos, properties}}' }}
 async fn refused_connections_and_subscriptions_name_the_reason_code() {
     // One broker refuses anonymous clients; the other lets them in but, through mosquitto's
     // dynamic security plugin, lets them subscribe to `allowed/#` only.
-    let closed_dir = tempfile::tempdir().expect("tempdir");
-    let closed = free_port();
-    let _closed_broker = Mosquitto::start_with(
-        closed_dir.path(),
-        &format!("listener {closed} 127.0.0.1\nallow_anonymous false\n"),
-    );
+    let closed_broker = BrokerProcess::mosquitto_with(&format!(
+        "listener {} 127.0.0.1\nallow_anonymous false\n",
+        free_port()
+    ))
+    .await;
+    let closed = closed_broker.port();
     let open_dir = tempfile::tempdir().expect("tempdir");
-    let open = free_port();
     let dynsec = open_dir.path().join("dynsec.json");
     std::fs::write(
         &dynsec,
@@ -1356,16 +1258,14 @@ async fn refused_connections_and_subscriptions_name_the_reason_code() {
     .into_iter()
     .find(|p| Path::new(p).exists())
     .expect("mosquitto_dynamic_security.so (mosquitto >= 2.0)");
-    let _open_broker = Mosquitto::start_with(
-        open_dir.path(),
-        &format!(
-            "listener {open} 127.0.0.1\nallow_anonymous true\n\
-             plugin {plugin}\nplugin_opt_config_file {}\n",
-            dynsec.display()
-        ),
-    );
-    wait_port(closed).await;
-    wait_port(open).await;
+    let open_broker = BrokerProcess::mosquitto_with(&format!(
+        "listener {} 127.0.0.1\nallow_anonymous true\n\
+         plugin {plugin}\nplugin_opt_config_file {}\n",
+        free_port(),
+        dynsec.display()
+    ))
+    .await;
+    let open = open_broker.port();
     let t = TestService::start(&format!(
         r#"{FAST_BACKOFF}
 [[triggers]]
@@ -1505,20 +1405,16 @@ fn make_certs(dir: &Path) {
 
 /// A broker with a plain listener (for the test's publisher) and a TLS one with the
 /// certificates of `make_certs`; `require_certificate` asks clients for theirs.
-async fn start_tls_broker(dir: &Path, require_certificate: bool) -> (Mosquitto, u16, u16) {
+async fn start_tls_broker(dir: &Path, require_certificate: bool) -> (BrokerProcess, u16, u16) {
     make_certs(dir);
     let (plain, tls) = (free_port(), free_port());
     let d = dir.display();
-    let broker = Mosquitto::start_with(
-        dir,
-        &format!(
-            "allow_anonymous true\nlistener {plain} 127.0.0.1\n\
-             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
-             keyfile {d}/server.key\nrequire_certificate {require_certificate}\n"
-        ),
-    );
-    wait_port(plain).await;
-    wait_port(tls).await;
+    let broker = BrokerProcess::mosquitto_with(&format!(
+        "allow_anonymous true\nlistener {plain} 127.0.0.1\n\
+         listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+         keyfile {d}/server.key\nrequire_certificate {require_certificate}\n"
+    ))
+    .await;
     (broker, plain, tls)
 }
 

@@ -7,13 +7,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::binary::MillgateProcess;
+use common::brokers::BrokerProcess;
 use common::{
-    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, free_port, lines,
-    start_millgate, TestService,
+    assert_one_job_per_event, assert_repeats_only_across_the_kill, eventually, lines, TestService,
 };
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::nats::async_nats;
@@ -566,25 +566,13 @@ async fn kill_9_mid_stream_loses_no_message_and_dedups_redeliveries() {
         )
         .await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let done = dir.path().join("done.log");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(&format!(
+        r#"
 [router]
 runners = 2
 
 [runnables.slow]
-command = ["sh", "-c", 'sleep 0.1; echo $MILLGATE_EVENT_ID $PPID >> {dir}/done.log']
+command = ["sh", "-c", 'sleep 0.1; echo $MILLGATE_EVENT_ID $PPID >> {{DIR}}/done.log']
 
 [[triggers]]
 name = "crashy"
@@ -594,31 +582,24 @@ servers = ["{NATS}"]
 subjects = ["{stream}.>"]
 max_in_flight = 10
 jetstream = {{ stream = "{stream}", consumer = "c", ack_wait = "2s", batch = 5 }}
-"#,
-            dir = dir.path().display()
-        ),
-    )
-    .expect("config");
-    let mut child = start_millgate(&config, &dir.path().join("first.log"));
+"#
+    ));
+    let done = mg.path("done.log");
+    mg.spawn();
     // Each log line is `<event id> <pid of the millgate that ran it>`: a job running at the
     // kill finishes as an orphan and still logs, under the first process's pid.
-    let first_pid = child.id().to_string();
+    let first_pid = mg.pid().to_string();
     let ran_ids = |path: &Path| -> Vec<String> {
         lines(path)
             .iter()
             .filter_map(|l| l.split(' ').next().map(str::to_string))
             .collect()
     };
-    let deadline = Instant::now() + SECS_20;
-    while lines(&done).len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "millgate ran nothing before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().expect("kill -9");
-    child.wait().expect("wait");
+    eventually(SECS_20, "millgate ran something before the kill", || {
+        lines(&done).len() >= 5
+    })
+    .await;
+    mg.kill_9();
     let before = lines(&done).len();
     assert!(before < N, "the crash came too late to test anything");
     let info = consumer_info(&js, &stream, "c").await;
@@ -627,7 +608,7 @@ jetstream = {{ stream = "{stream}", consumer = "c", ack_wait = "2s", batch = 5 }
         "everything was acked before the kill"
     );
 
-    let mut child = start_millgate(&config, &dir.path().join("second.log"));
+    mg.spawn();
     let created = stream_created(&js, &stream).await;
     // Every message produces a job that runs: every event id appears in the log.
     let expected: Vec<String> = (1..=N)
@@ -653,72 +634,21 @@ jetstream = {{ stream = "{stream}", consumer = "c", ack_wait = "2s", batch = 5 }
         i.ack_floor.stream_sequence == N as u64 && i.num_ack_pending == 0
     })
     .await;
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    mg.kill_9();
 
     // One job per message: redeliveries of messages whose jobs were already queued were
     // deduplicated by event id. Only jobs running at the kill may have run twice. (How many
     // depends on the runners and the router's outcome flush, not on the NATS trigger.)
-    assert_eq!(
-        assert_one_job_per_event(&dir.path().join("data"), "crashy"),
-        N
-    );
+    assert_eq!(assert_one_job_per_event(&mg.data_dir(), "crashy"), N);
     let twice = assert_repeats_only_across_the_kill(&done, &first_pid);
     eprintln!("ran before the kill: {before}/{N}; ran twice: {twice}");
     cleanup(&js, &stream).await;
 }
 
-struct NatsServer {
-    child: Child,
-}
-
-impl NatsServer {
-    fn start(port: u16, store: &Path) -> Self {
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        Self { child }
-    }
-
-    /// SIGTERM, so JetStream writes its state before exiting.
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + SECS_20;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nats-server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_backs_off_then_reconnects_and_continues() {
-    let sd = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = NatsServer::start(port, sd.path());
-    wait_port(port).await;
+    let mut server = BrokerProcess::nats().await;
+    let addr = server.addr();
     let t = TestService::start(&format!(
         r#"
 [supervisor]
@@ -749,7 +679,7 @@ jetstream = {{ stream = "ORDERS", create_stream = true, ack_wait = "5s" }}
     wait_jobs(&t, "resilient", 1).await;
     drop(js);
 
-    server.stop();
+    server.terminate();
     let deadline = Instant::now() + SECS_20;
     loop {
         let s = trigger_state(&t, "resilient");
@@ -762,8 +692,7 @@ jetstream = {{ stream = "ORDERS", create_stream = true, ack_wait = "5s" }}
     }
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
-    let mut server = NatsServer::start(port, sd.path());
-    wait_port(port).await;
+    server.restart().await;
     let js = jetstream::new(connect(&addr).await);
     // JetStream may need a moment after the port opens to recover the stream.
     let deadline = Instant::now() + SECS_20;
@@ -797,5 +726,5 @@ jetstream = {{ stream = "ORDERS", create_stream = true, ack_wait = "5s" }}
     })
     .await;
     t.stop().await;
-    server.stop();
+    server.terminate();
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::binary::MillgateProcess;
 use common::{eventually, lines, TestService};
 use serde_json::{json, Value};
 
@@ -246,27 +247,15 @@ dedup_key = ".id"
 /// drops them, the queued jobs run, and every item has exactly one job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_item_jobs_and_state_write_through_the_binary() {
-    use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = common::free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.source]
-command = ["sh", "-c", 'echo "{{\"items\": [{{\"id\": \"a\"}}, {{\"id\": \"b\"}}], \"state\": \"s1\"}}"']
+command = ["sh", "-c", 'echo "{\"items\": [{\"id\": \"a\"}, {\"id\": \"b\"}], \"state\": \"s1\"}"']
 
 [runnables.record]
-command = ["sh", "-c", 'in=$(cat); echo "$MILLGATE_JOB_ID $in" >> {dir}/ran.log']
+command = ["sh", "-c", 'in=$(cat); echo "$MILLGATE_JOB_ID $in" >> {DIR}/ran.log']
 
 [[triggers]]
 name = "inbox"
@@ -276,42 +265,21 @@ poll_runnable = "source"
 cron = "* * * * * *"
 dedup_key = ".id"
 "#,
-            dir = dir.path().display()
-        ),
-    )
-    .expect("write config");
-    let run = |crash: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_millgate"));
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if crash {
-            cmd.env("MILLGATE_CRASH_AT", "poll_before_state_save");
-        } else {
-            cmd.env_remove("MILLGATE_CRASH_AT");
-        }
-        cmd.spawn().expect("millgate starts")
-    };
-    let mut first = run(true);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = first.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the crash point was never reached"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    );
+    mg.env("MILLGATE_CRASH_AT", "poll_before_state_save");
+    mg.spawn();
+    let status = mg
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the crash point was never reached");
     assert!(
         !status.success(),
         "millgate should have aborted at the crash point"
     );
 
-    let mut second = run(false);
-    let ran = dir.path().join("ran.log");
+    mg.env_remove("MILLGATE_CRASH_AT");
+    mg.spawn();
+    let ran = mg.path("ran.log");
     // Each line: "<job id> <args>". A job that was running at the crash may run again (that is
     // at-least-once); what must not happen is a second job for the same item.
     let runs = || -> Vec<(String, String)> {
@@ -342,8 +310,7 @@ dedup_key = ".id"
     }
     // Several polls after the restart, all repeating a and b: still no new job.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = second.kill();
-    let _ = second.wait();
+    mg.kill_9();
     let by_item = items(&runs());
     assert_eq!(by_item.keys().collect::<Vec<_>>(), ["a", "b"]);
     for (item, jobs) in &by_item {
@@ -351,71 +318,13 @@ dedup_key = ".id"
     }
 }
 
-/// `[server]`, `[store]` and `[admin]` for a service run as the real binary in `dir`.
-fn binary_header(dir: &std::path::Path) -> (String, String) {
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{}"
-
-[store]
-path = "{}/data"
-
-[admin]
-listen = "{admin}"
-token = "{}"
-"#,
-        common::free_port(),
-        dir.display(),
-        common::ADMIN_TOKEN
-    );
-    (text, format!("http://{admin}"))
-}
-
-/// A millgate process, killed (`kill -9`) when dropped, so a failing test leaves none behind.
-struct Running(std::process::Child);
-
-impl Running {
-    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
-        Self(common::start_millgate(config, log))
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
-
-/// `millgate <args>` against the admin API at `admin`, as an operator types it: stdout.
-fn cli(admin: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(args)
-        .args(["--admin-url", admin, "--token", common::ADMIN_TOKEN])
-        .output()
-        .expect("run millgate");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An operator sets the state while a poll runs: the poll's own save must not overwrite it,
 /// so the next poll starts from the operator's value. The poll program holds each poll open
 /// until the test lets it finish, so the write lands inside the poll every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_set_while_a_poll_runs_wins_over_that_polls_save() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (header, admin) = binary_header(dir.path());
-    let body = r#"
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.cursor]
 command = ["sh", "-c", 'in=$(cat); echo "$in" >> {DIR}/inputs.log; while [ ! -f {DIR}/go ]; do sleep 0.05; done; n=$(echo "$in" | sed -n "s/.*\"cursor\":\([0-9]*\).*/\1/p"); [ -n "$n" ] || n=0; echo "{\"items\": [], \"state\": {\"cursor\": $((n + 1))}}"']
 
@@ -425,29 +334,23 @@ kind = "poll"
 runnable = "cursor"
 poll_runnable = "cursor"
 cron = "* * * * * *"
-"#
-    .replace("{DIR}", &dir.path().display().to_string());
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("{header}{body}")).expect("config");
-    let mut child = Running::start(&config, &dir.path().join("millgate.log"));
-    let client = reqwest::Client::new();
-    common::wait_ready(&client, &admin).await;
-    let inputs = dir.path().join("inputs.log");
+"#,
+    );
+    mg.start().await;
+    let inputs = mg.path("inputs.log");
     eventually(SECS_15, "a first poll", || !lines(&inputs).is_empty()).await;
     // The first poll has read `null` and waits: set the state now, then let it finish.
-    let set: Value = serde_json::from_str(&cli(
-        &admin,
-        &["state", "set", "feed", r#"{"cursor": 2000}"#],
-    ))
-    .expect("json");
+    let set: Value =
+        serde_json::from_str(&mg.cli(&["state", "set", "feed", r#"{"cursor": 2000}"#]))
+            .expect("json");
     assert_eq!(set, json!({"cursor": 2000}));
-    std::fs::write(dir.path().join("go"), "").expect("go");
+    std::fs::write(mg.path("go"), "").expect("go");
     eventually(SECS_15, "a second poll", || lines(&inputs).len() >= 2).await;
     let got: Vec<Value> = lines(&inputs)
         .iter()
         .map(|l| serde_json::from_str(l).expect("json input"))
         .collect();
-    child.kill_9();
+    mg.kill_9();
     assert_eq!(got[0], json!({"state": null}));
     assert_eq!(
         got[1],

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
+use common::binary::{cli, MillgateProcess};
 use common::{eventually, TestService};
 use millgate_actors::job::{JobRecord, JobStatus};
 use serde_json::{json, Value};
@@ -295,23 +296,16 @@ retry = { attempts = 1 }
     assert_eq!(jobs[0].status, JobStatus::DeadLettered);
 
     // Resume through the CLI, as an operator would.
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_millgate"))
-            .args(args)
-            .args(["--admin-url", &t.admin, "--token", common::ADMIN_TOKEN])
-            .output()
-            .expect("run millgate");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let got: Value = serde_json::from_str(&cli(&["state", "get", "flaky"])).expect("json");
+    let (admin, token) = (t.admin.as_str(), common::ADMIN_TOKEN);
+    let got: Value =
+        serde_json::from_str(&cli(admin, token, &["state", "get", "flaky"])).expect("json");
     assert_eq!(got["paused"], true, "{got}");
     assert!(got["last_fire"].is_string(), "{got}");
-    cli(&["state", "set", "flaky", r#"{"paused": false}"#]);
+    cli(
+        admin,
+        token,
+        &["state", "set", "flaky", r#"{"paused": false}"#],
+    );
     eventually(SECS_15, "a run after resuming", || {
         t.jobs_of("flaky").len() >= 2
     })
@@ -452,72 +446,13 @@ cron = "@hourly"
     );
 }
 
-/// `[server]`, `[store]` and `[admin]` for a service run as the real binary in `dir`; the
-/// admin API's base URL.
-fn binary_header(dir: &std::path::Path) -> (String, String) {
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{}"
-
-[store]
-path = "{}/data"
-
-[admin]
-listen = "{admin}"
-token = "{}"
-"#,
-        common::free_port(),
-        dir.display(),
-        common::ADMIN_TOKEN
-    );
-    (text, format!("http://{admin}"))
-}
-
-/// A millgate process, killed (`kill -9`) when dropped, so a failing test leaves none behind.
-struct Running(std::process::Child);
-
-impl Running {
-    fn start(config: &std::path::Path, log: &std::path::Path) -> Self {
-        Self(common::start_millgate(config, log))
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
-
-/// `millgate <args>` against the admin API at `admin`, as an operator types it: stdout.
-fn cli(admin: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(args)
-        .args(["--admin-url", admin, "--token", common::ADMIN_TOKEN])
-        .output()
-        .expect("run millgate");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The resume command of docs/cli.md, `state set T '{"paused": false}'`, sets `paused` and
 /// keeps `last_fire`: after a `kill -9` the restart still knows which fire times it owes and
 /// runs the ones missed while it was down (within `catch_up_window`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_keeps_last_fire_so_a_restart_after_kill_9_runs_the_missed_fire_times() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (header, admin) = binary_header(dir.path());
-    let body = r#"
+    let mut mg = MillgateProcess::new(
+        r#"
 [runnables.log]
 command = ["sh", "-c", 'read -r line; echo "$line" >> {DIR}/ticks.log']
 
@@ -528,11 +463,9 @@ runnable = "log"
 cron = "*/4 * * * * *"
 catch_up_window = "1h"
 preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
-"#
-    .replace("{DIR}", &dir.path().display().to_string());
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("{header}{body}")).expect("config");
-    let ticks_log = dir.path().join("ticks.log");
+"#,
+    );
+    let ticks_log = mg.path("ticks.log");
     let ticks = || -> Vec<(DateTime<Utc>, bool)> {
         common::lines(&ticks_log)
             .iter()
@@ -545,15 +478,13 @@ preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
             })
             .collect()
     };
-    let mut child = Running::start(&config, &dir.path().join("first.log"));
-    let client = reqwest::Client::new();
-    common::wait_ready(&client, &admin).await;
+    mg.start().await;
     eventually(SECS_15, "a first fire time", || !ticks().is_empty()).await;
     let first = ticks()[0].0;
     // Once the fire time is saved, resume as docs/cli.md shows, then crash before the next.
     let first_text = first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let deadline = std::time::Instant::now() + SECS_15;
-    while serde_json::from_str::<Value>(&cli(&admin, &["state", "get", "every4"])).expect("json")
+    while serde_json::from_str::<Value>(&mg.cli(&["state", "get", "every4"])).expect("json")
         ["last_fire"]
         != first_text
     {
@@ -563,12 +494,10 @@ preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let set: Value = serde_json::from_str(&cli(
-        &admin,
-        &["state", "set", "every4", r#"{"paused": false}"#],
-    ))
-    .expect("json");
-    child.kill_9();
+    let set: Value =
+        serde_json::from_str(&mg.cli(&["state", "set", "every4", r#"{"paused": false}"#]))
+            .expect("json");
+    mg.kill_9();
     // Down across two fire times, then back.
     let owed = [
         first + chrono::Duration::seconds(4),
@@ -578,14 +507,14 @@ preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
         .to_std()
         .unwrap_or_default();
     tokio::time::sleep(back).await;
-    let mut child = Running::start(&config, &dir.path().join("second.log"));
+    mg.spawn();
     eventually(SECS_15, "the missed fire times run", || {
         let got = ticks();
         owed.iter().all(|t| got.iter().any(|(at, _)| at == t))
     })
     .await;
     let got = ticks();
-    child.kill_9();
+    mg.kill_9();
     for t in owed {
         let runs: Vec<_> = got.iter().filter(|(at, _)| *at == t).collect();
         assert_eq!(runs.len(), 1, "{t} ran {runs:?}: {got:?}");
@@ -600,8 +529,6 @@ preprocessor = { jq = '{at: .scheduled_for, catch_up: .catch_up}' }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day_of_week_numbers_and_names_follow_cron() {
     use chrono::{Datelike, Weekday};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (header, admin) = binary_header(dir.path());
     let cases: [(&str, &str, &[Weekday]); 8] = [
         (
             "weekdays",
@@ -652,20 +579,9 @@ async fn day_of_week_numbers_and_names_follow_cron() {
             "\n[[triggers]]\nname = \"{name}\"\nkind = \"schedule\"\nrunnable = \"echo\"\ncron = \"{cron}\"\ntimezone = \"America/New_York\"\n"
         ));
     }
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("{header}{body}")).expect("config");
-    let log = dir.path().join("millgate.log");
-    let _child = Running::start(&config, &log);
-    let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + SECS_15;
-    while client.get(format!("{admin}/healthz")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "millgate did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut mg = MillgateProcess::new(&body);
+    mg.start().await;
+    let (admin, client) = (mg.admin.clone(), reqwest::Client::new());
     for (name, cron, days) in &cases {
         let deadline = std::time::Instant::now() + SECS_15;
         let next = loop {

@@ -1,27 +1,14 @@
 //! OpenTelemetry export through the real binary: the spans of one webhook event reach an OTLP/HTTP
 //! endpoint (a tiny axum server standing in for Jaeger/Tempo), and a bad endpoint fails `check`.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn write_config(path: &Path, port: u16, dir: &Path, telemetry: &str) {
-    std::fs::write(
-        path,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[store]
-path = "{dir}/data"
-
+/// `[telemetry]` with `telemetry`, and a webhook trigger.
+fn body(telemetry: &str) -> String {
+    format!(
+        r#"
 [telemetry]
 {telemetry}
 
@@ -33,24 +20,22 @@ name = "otel-hook"
 kind = "webhook"
 runnable = "echo"
 token = "tk"
-"#,
-            dir = dir.display()
-        ),
+"#
     )
-    .expect("write config");
 }
 
 #[test]
 fn invalid_otlp_endpoint_fails_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    write_config(
-        &config,
-        free_port(),
-        dir.path(),
-        r#"otlp_endpoint = "not a url""#,
+    // `[server]` and `[store]` first: the line number below counts them.
+    let text = format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}/data\"\n{}",
+        dir.path().display(),
+        body(r#"otlp_endpoint = "not a url""#)
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_millgate"))
+    std::fs::write(&config, text).expect("write config");
+    let out = Command::new(common::binary::BIN)
         .args(["check", "--config"])
         .arg(&config)
         .output()
@@ -67,9 +52,10 @@ fn invalid_otlp_endpoint_fails_check() {
 mod otlp {
     use super::*;
     use std::collections::HashMap;
-    use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
+
+    use common::binary::MillgateProcess;
 
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -116,43 +102,18 @@ mod otlp {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn webhook_spans_reach_the_otlp_endpoint() {
         let (otlp_port, bodies) = collector().await;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.toml");
-        write_config(
-            &config,
-            port,
-            dir.path(),
-            &format!(
-                "otlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\nservice_name = \"millgate-test\""
-            ),
-        );
-        let log = dir.path().join("millgate.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
+        let mut mg = MillgateProcess::new(&body(&format!(
+            "otlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\nservice_name = \"millgate-test\""
+        )));
+        mg.env("RUST_LOG", "info")
             // A batch delay longer than the test: the spans can only arrive through the flush
             // at shutdown, which is what this test checks.
             .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("millgate starts");
-        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-
-        let base = format!("http://127.0.0.1:{port}");
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        mg.start().await;
+        let base = mg.ingress.clone();
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.get(format!("{base}/healthz")).send().await.is_err() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("millgate did not come up:\n{}", log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
 
         let resp = client
             .post(format!("{base}/hooks/otel-hook"))
@@ -185,20 +146,8 @@ mod otlp {
         }
 
         // SIGTERM: a clean stop, which must flush the batched spans before exiting.
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("millgate did not exit after SIGTERM:\n{}", log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = mg.stop().await;
+        let log_text = || mg.output();
         assert!(status.success(), "exit {status:?}:\n{}", log_text());
 
         let bodies = bodies.lock().unwrap().clone();

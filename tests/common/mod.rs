@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests: a real service on a free port with its sled store
-//! in a temporary directory, configured through the same loader as `config.toml`.
+//! in a temporary directory, configured through the same loader as `config.toml`; the built
+//! binary as a process (binary.rs) and private brokers (brokers.rs) for the tests that kill or
+//! restart them.
 
 #![allow(dead_code)]
+
+pub mod binary;
+pub mod brokers;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,7 +57,7 @@ impl TestService {
     /// Starts a service on a complete configuration text (`{DIR}` replaced).
     pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Self {
         // jq filters run in worker processes of the millgate binary, not of this test program.
-        millgate_actors::preprocess::set_worker_exe(env!("CARGO_BIN_EXE_millgate").into());
+        millgate_actors::preprocess::set_worker_exe(binary::BIN.into());
         let text = text.replace("{DIR}", &dir.path().display().to_string());
         let config = millgate::load_str(&text, "test.toml", |k| std::env::var(k).ok())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
@@ -172,30 +177,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-/// Starts the built binary as `millgate run --config <config>`, stderr to `log`.
-pub fn start_millgate(config: &Path, log: &Path) -> std::process::Child {
-    let log = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_millgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("millgate starts")
-}
-
-/// Waits until a listener answers `GET /healthz` at `base`.
-pub async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "millgate did not come up at {base}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A schedule or poll trigger's `schedule` status object from the admin API.
