@@ -228,7 +228,13 @@ impl<S> Default for SourceActor<S> {
 pub struct SourceState {
     /// Tells the task to stop at its next wait. Dropped with the state, which also stops it.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Fires once the task has ended and closed its source.
+    closed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
+
+/// How long a stopping actor waits for its source to close (an accept in progress finishes
+/// first), so that a restarted trigger never races the old connection's last acknowledgements.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl<S: Source> Actor for SourceActor<S> {
     type Msg = SourceMsg;
@@ -241,6 +247,7 @@ impl<S: Source> Actor for SourceActor<S> {
         (source, args): (S, SourceArgs),
     ) -> Result<SourceState, ActorProcessingErr> {
         let (stop, rx) = tokio::sync::watch::channel(false);
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
         let ctx = SourceContext {
             args,
             lost: LostReporter(myself.clone()),
@@ -251,12 +258,16 @@ impl<S: Source> Actor for SourceActor<S> {
             source
                 .close(&ctx, ended.as_ref().err().map(String::as_str))
                 .await;
+            let _ = closed_tx.send(());
             // Ok is a requested stop; an error fails the actor.
             if let Err(e) = ended {
                 ctx.lost.report(e);
             }
         });
-        Ok(SourceState { stop })
+        Ok(SourceState {
+            stop,
+            closed: Some(closed),
+        })
     }
 
     async fn handle(
@@ -278,6 +289,9 @@ impl<S: Source> Actor for SourceActor<S> {
         // Jobs already accepted keep their ack handles, so their acks still reach the broker;
         // only receiving stops.
         let _ = state.stop.send(true);
+        if let Some(closed) = state.closed.take() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, closed).await;
+        }
         Ok(())
     }
 }
