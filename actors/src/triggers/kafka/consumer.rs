@@ -1,7 +1,6 @@
 //! The consumer thread: subscribe, take messages in batches, flow control by pausing
 //! partitions, commits, resets.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,17 +18,28 @@ use super::event::kafka_event;
 use super::offsets::{
     KafkaState, PartitionKey, PartitionTrack, ResetPoint, ResetTo, Settled, Tracking,
 };
-use crate::model::ack::AckHandle;
 pub(super) use crate::triggers::source::set_status_field;
 
-use crate::triggers::{Accepted, SourceArgs};
+use super::source::Receipt;
+use crate::triggers::source::Pulled;
+use crate::triggers::SourceArgs;
 
-/// The consumer thread: subscribe, take messages in batches, commit finished positions,
-/// apply resets, until stopped (Ok) or the consumer cannot go on (Err).
+/// Where the consumer thread hands its batches to the trigger's task (at most one waiting).
+pub(super) type HandOver = tokio::sync::mpsc::Sender<Vec<Pulled<Receipt>>>;
+
+/// How long the thread waits for the trigger's task to take the batch waiting for it, before
+/// it looks again (it reads nothing more meanwhile: nothing is buffered beyond one batch).
+const HAND_OVER_WAIT: Duration = Duration::from_millis(1);
+
+/// The consumer thread: subscribe, read messages in batches and hand them to the trigger's
+/// task, commit finished positions, apply resets, until stopped (Ok) or the consumer cannot go
+/// on (Err).
 pub(super) fn consume(
     args: &SourceArgs,
     stop: &AtomicBool,
     handle: tokio::runtime::Handle,
+    tracking: Arc<Mutex<Tracking>>,
+    hand_over: HandOver,
 ) -> Result<(), String> {
     let rt = &args.runtime;
     let crate::triggers::TriggerSpec::Kafka(cfg) = &args.trigger.spec else {
@@ -42,11 +52,7 @@ pub(super) fn consume(
         group: group.clone(),
         store: args.intake.store.clone(),
         handle: handle.clone(),
-        tracking: Mutex::new(Tracking {
-            partitions: HashMap::new(),
-            generation: 0,
-            newly_assigned: false,
-        }),
+        tracking,
         settled: Mutex::new(settle_rx),
         lost: Mutex::new(None),
         drain_timeout: cfg.rebalance_drain_timeout,
@@ -84,6 +90,8 @@ pub(super) fn consume(
         consumer: &consumer,
         settle_tx,
         handle,
+        hand_over,
+        held: Vec::new(),
         paused: false,
         last_commit: Instant::now(),
         last_reset_check: Instant::now() - Duration::from_secs(1),
@@ -109,6 +117,9 @@ struct ConsumerLoop<'a> {
     consumer: &'a BaseConsumer<KafkaContext>,
     settle_tx: mpsc::Sender<Settled>,
     handle: tokio::runtime::Handle,
+    hand_over: HandOver,
+    /// Messages read and not yet handed over (the task was still taking the last batch).
+    held: Vec<Pulled<Receipt>>,
     paused: bool,
     last_commit: Instant,
     last_reset_check: Instant,
@@ -136,6 +147,13 @@ impl ConsumerLoop<'_> {
                 self.publish_status();
             }
             self.flow_control();
+            if self.hand_over.capacity() == 0 && !self.paused {
+                // The task is taking the last batch and there is room for more jobs: wait for
+                // it rather than read ahead. (When full, the partitions are paused and polling
+                // goes on below, for the group's rebalances.)
+                std::thread::sleep(HAND_OVER_WAIT);
+                continue;
+            }
             let mut batch = Vec::new();
             let limit = self.cfg.batch.min(self.free_slots().max(1));
             let mut wait = Duration::from_millis(100);
@@ -152,13 +170,31 @@ impl ConsumerLoop<'_> {
                 if let Some(new_epoch) = self.apply_reset()? {
                     epoch = new_epoch;
                     batch.clear();
+                    self.held.clear();
                 }
             }
             if !batch.is_empty() {
-                self.take(batch, epoch)?;
+                self.take(batch, epoch);
             }
+            self.hand_over_held()?;
         }
         Ok(())
+    }
+
+    /// Hands the held messages to the task when it has taken the previous batch.
+    fn hand_over_held(&mut self) -> Result<(), String> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        match self.hand_over.try_send(std::mem::take(&mut self.held)) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
+                self.held = batch;
+                Ok(())
+            }
+            // The task is gone (stopping): what was read stays uncommitted.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        }
     }
 
     /// After connection errors, asks the cluster for metadata: when that fails too, the
@@ -247,74 +283,29 @@ impl ConsumerLoop<'_> {
         }
     }
 
-    /// Turns polled messages into jobs (one flush for the batch) and tracks their offsets.
-    pub(super) fn take(
-        &mut self,
-        batch: Vec<BorrowedMessage<'_>>,
-        epoch: u64,
-    ) -> Result<(), String> {
+    /// Turns polled messages into events, each pending in the tracking until the intake has
+    /// answered for it and its jobs have settled.
+    pub(super) fn take(&mut self, batch: Vec<BorrowedMessage<'_>>, epoch: u64) {
         let rt = &self.args.runtime;
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut events = Vec::with_capacity(batch.len());
-        {
-            let mut tracking = self.ctx().tracking();
-            for m in &batch {
-                let key: PartitionKey = (Arc::from(m.topic()), m.partition());
-                let generation = tracking.generation;
-                let track = tracking
-                    .partitions
-                    .entry(key.clone())
-                    .or_insert_with(|| PartitionTrack::new(generation, None));
-                track.take(m.offset());
-                keys.push((key, track.generation, m.offset()));
-                events.push(kafka_event(rt.name(), &self.group, epoch, m));
-            }
+        let mut tracking = self.consumer.context().tracking();
+        for m in &batch {
+            let key: PartitionKey = (Arc::from(m.topic()), m.partition());
+            let generation = tracking.generation;
+            let track = tracking
+                .partitions
+                .entry(key.clone())
+                .or_insert_with(|| PartitionTrack::new(generation, None));
+            track.take(m.offset());
+            self.held.push(Pulled {
+                event: kafka_event(rt.name(), &self.group, epoch, m),
+                receipt: Receipt {
+                    key,
+                    generation: track.generation,
+                    offset: m.offset(),
+                    settled: self.settle_tx.clone(),
+                },
+            });
         }
-        drop(batch);
-        let tx = self.settle_tx.clone();
-        let handles = &keys;
-        let results = self
-            .handle
-            .block_on(self.args.intake.accept_batch(rt, events, |i, _job| {
-                let ((topic, partition), generation, offset) = handles[i].clone();
-                let tx = tx.clone();
-                AckHandle::on_settle(move |_outcome| {
-                    // Success and dead letter alike move the offset on: the outcome is durable.
-                    let _ = tx.send(Settled {
-                        generation,
-                        topic,
-                        partition,
-                        offset,
-                    });
-                })
-            }));
-        let mut tracking = self.ctx().tracking();
-        for ((key, generation, offset), result) in keys.into_iter().zip(results) {
-            match result {
-                Ok(Accepted::Queued(ids)) => {
-                    if let Some(t) = tracking.partitions.get_mut(&key) {
-                        if t.generation == generation {
-                            t.pending.insert(offset, ids.len());
-                        }
-                    }
-                }
-                // Durable already (parked, an earlier read's jobs, or a dead letter recording why
-                // it cannot run: reading it again would fail the same way) or nothing to run:
-                // the offset moves past it.
-                Ok(
-                    Accepted::Parked(_)
-                    | Accepted::Duplicate(_)
-                    | Accepted::Filtered
-                    | Accepted::DeadLettered(_),
-                ) => {}
-                Err(e) => {
-                    // Not durable: leave this and every later offset of its partition
-                    // uncommitted (the consumer restarts from the committed position).
-                    return Err(format!("could not accept a message: {e}"));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn reset_due(&mut self) -> bool {

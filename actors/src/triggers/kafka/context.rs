@@ -24,7 +24,8 @@ pub(super) struct KafkaContext {
     pub(super) group: String,
     pub(super) store: Store,
     pub(super) handle: tokio::runtime::Handle,
-    pub(super) tracking: Mutex<Tracking>,
+    /// Shared with the trigger's task, which records the intake's answers (`kafka/source.rs`).
+    pub(super) tracking: Arc<Mutex<Tracking>>,
     pub(super) settled: Mutex<mpsc::Receiver<Settled>>,
     /// Set by the error callback when the consumer cannot go on.
     pub(super) lost: Mutex<Option<String>>,

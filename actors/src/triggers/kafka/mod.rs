@@ -1,5 +1,6 @@
-//! Kafka trigger (rdkafka over librdkafka): one actor per trigger; the actor owns a consumer
-//! thread that owns the group membership. When every broker is unreachable, a subscribed topic
+//! Kafka trigger (rdkafka over librdkafka): one actor per trigger, in the connector shell
+//! (`triggers/source.rs`, via `kafka/source.rs`), with a consumer thread that owns the group
+//! membership. When every broker is unreachable, a subscribed topic
 //! does not exist or the client hits a fatal error, the actor fails and the trigger supervisor
 //! restarts it with backoff (`backing_off`, never disabled).
 //!
@@ -36,17 +37,14 @@ mod consumer;
 mod context;
 mod event;
 mod offsets;
+mod source;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The client this trigger speaks, for tests and tools that produce to it.
 pub use rdkafka;
-
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use serde_json::{json, Value};
 
@@ -54,25 +52,14 @@ pub use self::config::{
     order_by_expr, order_by_key, AutoOffsetReset, KafkaConfig, KafkaSecurity, SaslMechanism,
     SecurityProtocol, PROGRAM_PROPERTIES,
 };
-use self::consumer::{consume, set_status_field};
 pub use self::offsets::{request_reset, KafkaState, ResetPoint, ResetRequest, ResetTo};
+use self::source::KafkaSource;
 use crate::preprocess::DefaultArgs;
 use crate::preprocess::KeyExpr;
 use crate::store::Store;
 use crate::triggers::http::RouteTable;
 use crate::triggers::kind::{Reset, ResetOutcome, SavedState, SpawnFuture, TriggerKind};
 use crate::triggers::SourceArgs;
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-pub enum KafkaMsg {
-    /// The consumer thread ended with an error: fail so the supervisor backs off.
-    Lost(String),
-}
-
-// ---------------------------------------------------------------------------------------------
-// The actor
 
 impl TriggerKind for KafkaConfig {
     fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
@@ -97,11 +84,11 @@ impl TriggerKind for KafkaConfig {
     }
 
     fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
-        Some(Box::pin(async move {
-            Actor::spawn_linked(None, KafkaTrigger, args, supervisor)
-                .await
-                .map(|(actor, _)| actor.get_cell())
-        }))
+        Some(crate::triggers::source::spawn(
+            KafkaSource::new(),
+            args,
+            supervisor,
+        ))
     }
 
     fn program_keys(&self) -> Vec<String> {
@@ -153,74 +140,5 @@ impl Reset for GroupReset {
                 "message": "the trigger has no assigned partitions yet; the reset applies when it gets them",
             })))
         })
-    }
-}
-
-pub struct KafkaTrigger;
-
-pub struct KafkaActorState {
-    stop: Arc<AtomicBool>,
-    /// Ends when the consumer thread has committed, left the group and let go of the client.
-    done: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl Actor for KafkaTrigger {
-    type Msg = KafkaMsg;
-    type State = KafkaActorState;
-    type Arguments = SourceArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<KafkaMsg>,
-        args: SourceArgs,
-    ) -> Result<KafkaActorState, ActorProcessingErr> {
-        // librdkafka's calls block (rebalance callbacks, commits, polls): the consumer lives
-        // on its own thread, and hands events to the async intake through the runtime handle.
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let handle = tokio::runtime::Handle::current();
-        let thread_stop = stop.clone();
-        let name = format!("kafka-{}", args.runtime.name());
-        std::thread::Builder::new()
-            .name(name.chars().take(15).collect())
-            .spawn(move || {
-                let result = consume(&args, &thread_stop, handle);
-                if let Err(e) = result {
-                    set_status_field(&args.runtime, "connected", json!(false));
-                    set_status_field(&args.runtime, "error", json!(e));
-                    let _ = myself.cast(KafkaMsg::Lost(e));
-                }
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| format!("cannot start the consumer thread: {e}"))?;
-        Ok(KafkaActorState {
-            stop,
-            done: Some(done),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<KafkaMsg>,
-        msg: KafkaMsg,
-        _state: &mut KafkaActorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            KafkaMsg::Lost(e) => Err(e.into()),
-        }
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<KafkaMsg>,
-        state: &mut KafkaActorState,
-    ) -> Result<(), ActorProcessingErr> {
-        // Wait for the thread to commit and leave the group, so a restarted trigger never
-        // races the old consumer's last commit.
-        state.stop.store(true, Ordering::Release);
-        if let Some(done) = state.done.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), done).await;
-        }
-        Ok(())
     }
 }

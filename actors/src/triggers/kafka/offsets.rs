@@ -117,8 +117,8 @@ pub(super) struct PartitionTrack {
     /// Changes when the partition is (re)assigned or reset: settlements of an older
     /// generation no longer move this one's position.
     pub(super) generation: u64,
-    /// Offsets taken whose jobs have not all settled, with how many jobs are left.
-    pub(super) pending: BTreeMap<i64, usize>,
+    /// Offsets taken whose jobs have not all settled.
+    pub(super) pending: BTreeMap<i64, Pending>,
     /// One past the highest offset taken (None until the first message).
     pub(super) next: Option<i64>,
     /// The position last committed (or found committed) for this partition.
@@ -141,17 +141,46 @@ impl PartitionTrack {
         self.pending.keys().next().copied().or(self.next)
     }
 
+    /// A message read: pending until the intake has answered and its jobs have settled.
     pub(super) fn take(&mut self, offset: i64) {
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        self.pending.insert(offset, Pending::default());
     }
 
-    pub(super) fn settle_one(&mut self, offset: i64) {
-        if let Some(left) = self.pending.get_mut(&offset) {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
+    /// The intake's answer: `Some(jobs)` queued, `None` nothing to wait for (parked,
+    /// duplicate, filtered, dead-lettered: durable already).
+    pub(super) fn accepted(&mut self, offset: i64, jobs: Option<usize>) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            p.jobs = Some(jobs.unwrap_or(0));
+            if p.done() {
                 self.pending.remove(&offset);
             }
         }
+    }
+
+    pub(super) fn settle_one(&mut self, offset: i64) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            p.settled += 1;
+            if p.done() {
+                self.pending.remove(&offset);
+            }
+        }
+    }
+}
+
+/// One taken message's progress. Its jobs may settle before the intake's answer reaches the
+/// tracking (the answer is handled on the trigger's task, settlements on the consumer
+/// thread), so settlements are counted up and compared once the number of jobs is known.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// How many jobs it became; `None` until the intake has answered.
+    jobs: Option<usize>,
+    settled: usize,
+}
+
+impl Pending {
+    fn done(&self) -> bool {
+        self.jobs.is_some_and(|jobs| self.settled >= jobs)
     }
 }
 

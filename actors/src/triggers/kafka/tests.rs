@@ -106,7 +106,7 @@ fn the_committable_position_never_passes_an_unsettled_offset() {
     assert_eq!(t.committable(), None);
     for o in 10..15 {
         t.take(o);
-        t.pending.insert(o, 1);
+        t.accepted(o, Some(1));
     }
     // 11, 13 and 14 finish; 10 is slow: nothing may be committed past 10.
     for o in [11, 13, 14] {
@@ -119,7 +119,7 @@ fn the_committable_position_never_passes_an_unsettled_offset() {
     assert_eq!(t.committable(), Some(15));
     // A message with two jobs is pending until both settle.
     t.take(15);
-    t.pending.insert(15, 2);
+    t.accepted(15, Some(2));
     t.settle_one(15);
     assert_eq!(t.committable(), Some(15));
     t.settle_one(15);
@@ -136,7 +136,7 @@ fn settlements_of_an_older_generation_are_ignored() {
     let key: PartitionKey = (Arc::from("t"), 0);
     let mut p = PartitionTrack::new(2, Some(5));
     p.take(5);
-    p.pending.insert(5, 1);
+    p.accepted(5, Some(1));
     tracking.partitions.insert(key.clone(), p);
     tracking.apply(Settled {
         generation: 1,
@@ -200,4 +200,21 @@ fn a_kafka_trigger_loads_through_the_common_config_path() {
     );
     let back = TriggerConfig::from_map(t.to_map()).expect("round trip");
     assert_eq!(back, t);
+}
+
+#[test]
+fn jobs_settling_before_the_intake_answer_is_recorded_still_count() {
+    // The consumer thread applies settlements while the trigger's task records the intake's
+    // answer: the order between the two is not fixed.
+    let mut t = PartitionTrack::new(1, None);
+    t.take(20);
+    t.settle_one(20);
+    assert_eq!(t.committable(), Some(20), "taken, answer not yet recorded");
+    t.accepted(20, Some(1));
+    assert_eq!(t.committable(), Some(21));
+    // A message with nothing to run moves the position on once answered.
+    t.take(21);
+    assert_eq!(t.committable(), Some(21));
+    t.accepted(21, None);
+    assert_eq!(t.committable(), Some(22));
 }
