@@ -17,9 +17,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+mod api_triggers;
+mod parked;
 mod quarantine;
+mod sweep;
 
+pub use api_triggers::TriggerFlags;
+use parked::parked_key;
 pub use quarantine::QuarantinedRecord;
+pub use sweep::SweepReport;
 
 use crate::model::job::{JobId, JobRecord, JobStatus, TimelineEntry};
 use crate::model::settings::StoreConfig;
@@ -53,35 +59,12 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
-/// What an operator set on a trigger through the API, kept across restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TriggerFlags {
-    pub enabled: bool,
-    pub suspended: bool,
-}
-
-fn parked_prefix(trigger: &str) -> Vec<u8> {
-    let mut k = trigger.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn parked_key(trigger: &str, id: JobId) -> Vec<u8> {
-    let mut k = parked_prefix(trigger);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 /// An event as stored, once, for all the jobs it became.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredEvent {
     received_at: DateTime<Utc>,
     payload: Value,
 }
-
-/// Events younger than this are kept by the sweep even when no job refers to them yet: their
-/// jobs may be being written at that very moment.
-const EVENT_SWEEP_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DedupEntry {
@@ -177,16 +160,6 @@ impl Store {
         self.commit().await
     }
 
-    /// Writes jobs of a suspended trigger: stored, not queued, until released or cancelled.
-    pub async fn park(
-        &self,
-        records: &[JobRecord],
-        dedup_event_id: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.write_jobs(records, dedup_event_id, true)?;
-        self.commit().await
-    }
-
     /// Stores an event once, under its id, for the jobs that refer to it (not flushed).
     pub fn put_event(&self, event_id: &str, payload: &Value) -> Result<(), StoreError> {
         let stored = StoredEvent {
@@ -233,76 +206,6 @@ impl Store {
             self.put_dedup(event_id, records)?;
         }
         Ok(())
-    }
-
-    /// Moves a trigger's parked jobs to the queue (oldest first) and returns them.
-    pub async fn unpark(&self, trigger: &str) -> Result<Vec<JobRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.parked.scan_prefix(parked_prefix(trigger)) {
-            let (key, _) = item?;
-            let Some(id) = key
-                .get(key.len().saturating_sub(16)..)
-                .and_then(JobId::from_slice)
-            else {
-                continue;
-            };
-            // A crash between an earlier release's writes can leave the parked entry of a job
-            // that is already queued: releasing it again would run it twice.
-            let still_parked = self
-                .job_without_event(id)?
-                .is_some_and(|r| r.status == JobStatus::Parked);
-            if !still_parked {
-                self.inner.parked.remove(key)?;
-                continue;
-            }
-            if let Some(r) = self.update_job(id, |r| {
-                r.status = JobStatus::Queued;
-                r.step(TimelineEntry::now("released"));
-            })? {
-                self.inner.queue.insert(id.as_bytes(), &[])?;
-                out.push(r);
-            }
-            self.inner.parked.remove(key)?;
-        }
-        self.commit().await?;
-        Ok(out)
-    }
-
-    /// Cancels a trigger's parked jobs and returns their ids.
-    pub async fn cancel_parked(&self, trigger: &str) -> Result<Vec<JobId>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.parked.scan_prefix(parked_prefix(trigger)) {
-            let (key, _) = item?;
-            let id = key
-                .get(key.len().saturating_sub(16)..)
-                .and_then(JobId::from_slice);
-            // Only jobs still parked: one already released (a crash mid-release) is running.
-            let parked = match id {
-                Some(id) => self
-                    .job_without_event(id)?
-                    .is_some_and(|r| r.status == JobStatus::Parked)
-                    .then_some(id),
-                None => None,
-            };
-            if let Some(id) = parked {
-                self.update_job(id, |r| {
-                    r.status = JobStatus::Cancelled;
-                    r.finished_at = Some(Utc::now());
-                    r.step(TimelineEntry::now("cancelled"));
-                })?;
-                out.push(id);
-            }
-            self.inner.parked.remove(key)?;
-        }
-        self.commit().await?;
-        Ok(out)
-    }
-
-    pub fn parked_count(&self, trigger: &str) -> usize {
-        self.inner
-            .parked
-            .scan_prefix(parked_prefix(trigger))
-            .count()
     }
 
     fn put_dedup(&self, event_id: &str, records: &[JobRecord]) -> Result<(), StoreError> {
@@ -352,50 +255,6 @@ impl Store {
     }
 
     // ---- triggers added through the API, and operators' enable/suspend flags ----
-
-    /// The definitions of triggers added through the API, as they were given (the trigger
-    /// layer reads them: a kind this build lacks must not make them unreadable).
-    pub fn api_triggers(&self) -> Result<Vec<Value>, StoreError> {
-        let tree = &self.inner.api_triggers;
-        let mut out = Vec::new();
-        for item in tree.iter() {
-            let (k, v) = item?;
-            out.extend(self.decode_or_quarantine("api_triggers", tree, &k, &v)?);
-        }
-        Ok(out)
-    }
-
-    pub async fn put_api_trigger(&self, name: &str, definition: &Value) -> Result<(), StoreError> {
-        self.inner
-            .api_triggers
-            .insert(name.as_bytes(), encode(definition)?)?;
-        self.commit().await
-    }
-
-    pub async fn remove_api_trigger(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.api_triggers.remove(name.as_bytes())?;
-        self.inner.trigger_flags.remove(name.as_bytes())?;
-        self.commit().await
-    }
-
-    pub fn trigger_flags(&self, name: &str) -> Result<Option<TriggerFlags>, StoreError> {
-        let tree = &self.inner.trigger_flags;
-        match tree.get(name.as_bytes())? {
-            Some(v) => self.decode_or_quarantine("trigger_flags", tree, name.as_bytes(), &v),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn put_trigger_flags(
-        &self,
-        name: &str,
-        flags: TriggerFlags,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .trigger_flags
-            .insert(name.as_bytes(), encode(&flags)?)?;
-        self.commit().await
-    }
 
     /// The jobs an event created, if it was seen within the dedup window.
     pub fn dedup_get(&self, event_id: &str) -> Result<Option<Vec<JobId>>, StoreError> {
@@ -564,97 +423,6 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
-
-    /// Drops expired dedup entries and finished job records past retention. Dead-lettered
-    /// records stay while their dead letter exists.
-    pub fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let now = Utc::now();
-        let mut report = SweepReport::default();
-        for item in self.inner.dedup.iter() {
-            let (k, v) = item?;
-            let expired = decode::<DedupEntry>("dedup", &v)
-                .map(|e| e.expires_at <= now)
-                .unwrap_or(true);
-            if expired {
-                self.inner.dedup.remove(k)?;
-                report.dedup_removed += 1;
-            }
-        }
-        let cutoff = now - chrono_duration(self.inner.config.job_retention);
-        let mut finished = Vec::new();
-        // Events still referred to by a job that stays.
-        let mut referenced: HashMap<String, bool> = HashMap::new();
-        for item in self.inner.jobs.iter() {
-            let (k, v) = item?;
-            let Some(r) = self.read_job(&k, &v, false)? else {
-                continue;
-            };
-            if matches!(r.status, JobStatus::Succeeded | JobStatus::Cancelled)
-                || (r.status == JobStatus::DeadLettered && !self.inner.dead.contains_key(&k)?)
-            {
-                finished.push((k, r.finished_at.unwrap_or(r.created_at), r.event_id));
-            } else {
-                referenced.insert(r.event_id, true);
-            }
-        }
-        let over = finished.len().saturating_sub(self.inner.config.max_jobs);
-        for (i, (k, finished_at, event_id)) in finished.into_iter().enumerate() {
-            if i < over || finished_at < cutoff {
-                self.inner.jobs.remove(k)?;
-                report.jobs_removed += 1;
-            } else {
-                referenced.insert(event_id, true);
-            }
-        }
-        let grace_cutoff = now - chrono_duration(EVENT_SWEEP_GRACE);
-        for item in self.inner.events.iter() {
-            let (k, v) = item?;
-            if referenced.contains_key(String::from_utf8_lossy(&k).as_ref()) {
-                continue;
-            }
-            let old = self
-                .decode_or_quarantine::<StoredEvent>("events", &self.inner.events, &k, &v)?
-                .is_some_and(|e| e.received_at < grace_cutoff);
-            if old {
-                self.inner.events.remove(k)?;
-                report.events_removed += 1;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Runs [`Store::sweep`] every `every` until the store is dropped.
-    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let store = Store { inner };
-                match tokio::task::spawn_blocking(move || store.sweep()).await {
-                    Ok(Ok(r)) if r.jobs_removed + r.dedup_removed + r.events_removed > 0 => {
-                        tracing::info!(
-                            jobs = r.jobs_removed,
-                            dedup = r.dedup_removed,
-                            events = r.events_removed,
-                            "store sweep"
-                        )
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "store sweep failed"),
-                    _ => {}
-                }
-            }
-        })
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
-    pub jobs_removed: usize,
-    pub dedup_removed: usize,
-    pub events_removed: usize,
 }
 
 fn committer(db: sled::Db, rx: mpsc::Receiver<Waiter>) {

@@ -1,6 +1,7 @@
 //! The store's own tests: durability across reopen, sweeping, parking, quarantine, and the
 //! round trip of everything the JSON limits accept.
 
+use super::sweep::EVENT_SWEEP_GRACE;
 use super::*;
 use serde_json::json;
 

@@ -13,17 +13,21 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde::Serialize;
 
 use crate::config::Config;
 use crate::model::ack::Watchers;
 use crate::model::events::SystemEvent;
 use crate::store::TriggerFlags;
-use crate::triggers::http::RouteTable;
 use crate::triggers::push::{PushArgs, PushMsg, PushTrigger};
 use crate::triggers::{
     Intake, Origin, SourceArgs, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState,
 };
+
+mod registry;
+mod root;
+
+pub use registry::{Registry, TriggerEntry, TriggerStatus};
+pub use root::{RootMsg, RootSupervisor};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -63,121 +67,6 @@ pub enum TriggerError {
     Invalid(String),
     #[error("store: {0}")]
     Store(String),
-}
-
-// ---------------------------------------------------------------------------------------------
-// The registry: what the ingress and the API read
-
-/// One trigger as the rest of the system sees it.
-pub struct TriggerEntry {
-    pub config: Arc<TriggerConfig>,
-    /// Where it was defined.
-    pub origin: Origin,
-    pub runtime: Arc<TriggerRuntime>,
-    push: RwLock<Option<ActorRef<PushMsg>>>,
-}
-
-impl TriggerEntry {
-    /// The actor to hand pushed requests to, while one is running.
-    pub fn push_actor(&self) -> Option<ActorRef<PushMsg>> {
-        self.push.read().ok().and_then(|a| a.clone())
-    }
-
-    fn set_push_actor(&self, actor: Option<ActorRef<PushMsg>>) {
-        if let Ok(mut a) = self.push.write() {
-            *a = actor;
-        }
-    }
-}
-
-/// Every trigger by name, and the HTTP route table. Written by the trigger supervisor only.
-#[derive(Default)]
-pub struct Registry {
-    triggers: RwLock<BTreeMap<String, Arc<TriggerEntry>>>,
-    routes: RwLock<RouteTable>,
-}
-
-impl Registry {
-    pub fn get(&self, name: &str) -> Option<Arc<TriggerEntry>> {
-        self.triggers.read().ok()?.get(name).cloned()
-    }
-
-    pub fn all(&self) -> Vec<Arc<TriggerEntry>> {
-        self.triggers
-            .read()
-            .map(|t| t.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn route(
-        &self,
-        method: &axum::http::Method,
-        path: &str,
-    ) -> Option<(String, BTreeMap<String, String>)> {
-        self.routes.read().ok()?.lookup(method, path)
-    }
-
-    pub fn route_methods(&self, path: &str) -> Vec<axum::http::Method> {
-        self.routes
-            .read()
-            .map(|r| r.methods_for(path))
-            .unwrap_or_default()
-    }
-
-    /// The route table of every trigger, `candidate` in place of its namesake.
-    fn route_table(&self, candidate: Option<&TriggerConfig>) -> Result<RouteTable, String> {
-        let mut table = RouteTable::default();
-        // By reference: copying every trigger's config here, once per trigger added, made
-        // starting with 10,000 webhooks take ~50 s (BENCHMARKS.md, idle footprint).
-        let entries = self.all();
-        let existing = entries
-            .iter()
-            .map(|e| e.config.as_ref())
-            .filter(|c| candidate.is_none_or(|cand| cand.name() != c.name()));
-        for c in existing.chain(candidate) {
-            if let TriggerSpec::Http(h) = &c.spec {
-                let method = h
-                    .method()
-                    .ok_or_else(|| format!("method: `{}` is not an HTTP method", h.method))?;
-                table
-                    .insert(&method, &h.path, c.name())
-                    .map_err(|e| format!("path: {e}"))?;
-            }
-        }
-        Ok(table)
-    }
-
-    fn rebuild_routes(&self) -> Result<(), String> {
-        let table = self.route_table(None)?;
-        if let Ok(mut r) = self.routes.write() {
-            *r = table;
-        }
-        Ok(())
-    }
-}
-
-/// A trigger's supervision status, for the API and the dashboard.
-#[derive(Debug, Clone, Serialize)]
-pub struct TriggerStatus {
-    pub name: String,
-    pub kind: String,
-    #[serde(flatten)]
-    pub state: TriggerState,
-    pub restarts: u64,
-    pub in_flight: usize,
-}
-
-impl TriggerEntry {
-    pub fn status(&self) -> TriggerStatus {
-        let rt = &self.runtime;
-        TriggerStatus {
-            name: rt.name().to_string(),
-            kind: rt.kind().to_string(),
-            state: rt.state(),
-            restarts: rt.restarts.load(Ordering::Relaxed),
-            in_flight: rt.in_flight.load(Ordering::Relaxed),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,51 +504,5 @@ impl TriggerSupervisorState {
         self.publish_state(&entry.runtime);
         let name = name.to_string();
         myself.send_after(delay, move || SupervisorMsg::Restart(name));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Root supervisor
-
-/// Parent of the core actors. A core actor failing is a bug that in-memory state cannot
-/// survive safely, so the root stops and the process exits; the durable queue is re-dispatched
-/// on the next start.
-pub struct RootSupervisor;
-
-pub enum RootMsg {}
-
-impl Actor for RootSupervisor {
-    type Msg = RootMsg;
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<RootMsg>,
-        _args: (),
-    ) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<RootMsg>,
-        event: SupervisionEvent,
-        _state: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::error!(actor = ?cell.get_name(), error = %err, "core actor failed; stopping millgate");
-                myself.stop(Some(format!(
-                    "core actor {:?} failed: {err}",
-                    cell.get_name()
-                )));
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                tracing::info!(actor = ?cell.get_name(), reason = ?reason, "core actor stopped");
-            }
-            _ => {}
-        }
-        Ok(())
     }
 }
