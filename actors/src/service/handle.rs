@@ -17,8 +17,9 @@ use crate::store::{Store, StoreError};
 use crate::supervisor::{Registry, SupervisorMsg, TriggerEntry, TriggerError};
 use crate::triggers::Intake;
 
-/// A cheap clone of a running service: its parts (read freely) and its operations (the methods
-/// in this folder). The actors are reached only through those methods.
+/// A cheap clone of a running service: its parts, for reading, and its operations (the methods
+/// in this folder), which are how a caller changes it: they message the trigger supervisor and
+/// the router, which the handle does not hand out.
 #[derive(Clone)]
 pub struct ServiceHandle {
     pub config: Arc<Config>,

@@ -18,6 +18,7 @@ mod state;
 mod stats;
 mod triggers;
 
+pub use crate::triggers::kind::ResetOutcome;
 pub use handle::{ControlError, ServiceHandle};
 pub use jobs::{JobFilter, JobsPage};
 pub use state::SavedStateOf;
