@@ -668,6 +668,125 @@ async fn openapi_document_matches_the_routes() {
     t.stop().await;
 }
 
+/// Whether `schema` describes a body: a named component (or an inline object) with properties,
+/// an array of such, or an `allOf` of such. A bare `{"type": "object"}` says nothing.
+fn described(schema: &Value, components: &serde_json::Map<String, Value>) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .ok_or_else(|| format!("`{reference}` is not a component schema"))?;
+        let target = components
+            .get(name)
+            .ok_or_else(|| format!("`{name}` is not among the components"))?;
+        return described(target, components).map_err(|e| format!("{name}: {e}"));
+    }
+    if let Some(parts) = schema["allOf"].as_array() {
+        if parts.is_empty() {
+            return Err("an empty allOf".into());
+        }
+        return parts.iter().try_for_each(|p| described(p, components));
+    }
+    if schema["type"] == "array" {
+        return described(&schema["items"], components).map_err(|e| format!("items: {e}"));
+    }
+    match schema["properties"].as_object() {
+        Some(p) if !p.is_empty() => Ok(()),
+        _ => Err(format!("untyped schema {schema}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_every_answer() {
+    let t = TestService::start(BASE).await;
+    let (status, doc) = t.admin_get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    let components = doc["components"]["schemas"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let route = format!("{} {path}", method.to_uppercase());
+            let responses = op["responses"].as_object().cloned().unwrap_or_default();
+            if !responses.keys().any(|c| c.starts_with('2')) {
+                problems.push(format!("{route}: no success response"));
+            }
+            for (code, response) in responses.iter().filter(|(c, _)| c.starts_with('2')) {
+                if code == "204" {
+                    continue; // no body
+                }
+                let content = response["content"].as_object().cloned().unwrap_or_default();
+                if content.is_empty() {
+                    problems.push(format!("{route} {code}: no content schema"));
+                }
+                for (media, c) in &content {
+                    checked += 1;
+                    let schema = &c["schema"];
+                    let outcome = if media == "application/json" {
+                        described(schema, &components)
+                    } else if schema["type"].is_string() || schema["$ref"].is_string() {
+                        Ok(())
+                    } else {
+                        Err(format!("untyped schema {schema}"))
+                    };
+                    if let Err(e) = outcome {
+                        problems.push(format!("{route} {code} {media}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "answers the OpenAPI document does not describe:\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        checked >= 15,
+        "only {checked} answers with a body were found"
+    );
+    // A few by name, with the fields their clients (the dashboard, the CLI) read.
+    for (name, fields) in [
+        (
+            "TriggerView",
+            &[
+                "name",
+                "kind",
+                "state",
+                "enabled",
+                "suspended",
+                "counters",
+                "config",
+            ][..],
+        ),
+        (
+            "JobView",
+            &["job_id", "trigger", "status", "args", "created_at"][..],
+        ),
+        (
+            "StatusView",
+            &["version", "queues", "store", "triggers", "actors"][..],
+        ),
+        ("ErrorBody", &["error"][..]),
+    ] {
+        let schema = components
+            .get(name)
+            .unwrap_or_else(|| panic!("no `{name}` schema"));
+        for field in fields {
+            assert!(
+                schema["properties"].get(field).is_some(),
+                "`{name}` does not document `{field}`: {schema}"
+            );
+        }
+    }
+    let list = &doc["paths"]["/api/triggers"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(list["$ref"], "#/components/schemas/TriggerList", "{list}");
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_triggers_and_flags_survive_a_restart() {
     let t = TestService::start(BASE).await;

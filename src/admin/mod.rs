@@ -1,13 +1,16 @@
-//! The admin listener: the API (`api`), Prometheus metrics (`metrics`), the live event stream
-//! and the dashboard (`dashboard`). Contract: docs/admin-api.md.
+//! The admin listener: the API (`api`, one file per resource), Prometheus metrics (`metrics`),
+//! the live event stream and the dashboard (`dashboard`); errors and their HTTP statuses in
+//! `error`. Contract: docs/admin-api.md.
 
 pub mod api;
 pub mod dashboard;
+pub mod error;
 pub mod guard;
 pub mod metrics;
-pub mod quarantine;
 pub mod redact;
 pub mod token;
+
+pub use error::ApiError;
 
 use std::sync::Arc;
 
@@ -16,31 +19,19 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use millgate_actors::service::ServiceHandle;
 use millgate_actors::Service;
-use serde_json::json;
 
 /// What the admin handlers reach.
 #[derive(Clone)]
 pub struct AdminState {
-    pub service: Arc<ServiceView>,
+    /// The running service: its parts and its typed operations (the handlers send no actor
+    /// message of their own).
+    pub service: Arc<ServiceHandle>,
     token: token::AdminToken,
     pub listener: Arc<guard::Listener>,
     /// `[admin] allow_commands`: triggers added here may run programs.
     pub allow_commands: bool,
-}
-
-/// The parts of a running service the admin API uses (cheap clones of the service's handles).
-pub struct ServiceView {
-    pub config: Arc<millgate_actors::Config>,
-    pub store: millgate_actors::store::Store,
-    pub registry: Arc<millgate_actors::supervisor::Registry>,
-    pub router: ractor::ActorRef<millgate_actors::router::RouterMsg>,
-    pub triggers: ractor::ActorRef<millgate_actors::supervisor::SupervisorMsg>,
-    pub intake: millgate_actors::triggers::Intake,
-    pub runner_pool: millgate_actors::runners::RunnerPoolRef,
-    pub bus: millgate_actors::events::EventBus,
-    pub root: ractor::ActorCell,
-    pub started_at: std::time::Instant,
 }
 
 impl AdminState {
@@ -51,69 +42,11 @@ impl AdminState {
             .as_ref()
             .is_some_and(|a| a.allow_commands);
         Self {
-            service: Arc::new(ServiceView {
-                config: service.config.clone(),
-                store: service.store.clone(),
-                registry: service.registry.clone(),
-                router: service.router.clone(),
-                triggers: service.triggers.clone(),
-                intake: service.intake.clone(),
-                runner_pool: service.runner_pool.clone(),
-                bus: service.bus.clone(),
-                root: service.root(),
-                started_at: service.started_at,
-            }),
+            service: Arc::new(service.handle()),
             token: token::AdminToken::new(token),
             listener: Arc::new(listener),
             allow_commands,
         }
-    }
-}
-
-/// `{"error": {"code", "message"}}` with a status.
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
-    }
-
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
     }
 }
 

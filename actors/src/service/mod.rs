@@ -1,7 +1,32 @@
-//! Starting and stopping the whole service: store, supervision tree, ingress listener.
+//! Starting and stopping the whole service: store, supervision tree, ingress listener
+//! ([`Service`]), and what a running service offers those who ask and change it
+//! ([`ServiceHandle`]: the admin API in src/admin goes through it and sends no actor message
+//! of its own).
+//!
+//! - `handle.rs`: [`ServiceHandle`] and its [`ControlError`]
+//! - `triggers.rs`: adding, replacing and removing triggers, enable/disable, suspend/resume
+//! - `state.rs`: a trigger's saved state and resets, as its kind allows ([`SavedState`],
+//!   [`Reset`](crate::triggers::kind::Reset))
+//! - `jobs.rs`: jobs, replays, dead letters, quarantined records
+//! - `stats.rs`: the router's and the pools' load
+//!
+//! [`SavedState`]: crate::triggers::SavedState
+
+mod handle;
+mod jobs;
+mod state;
+mod stats;
+mod triggers;
+
+pub use crate::triggers::kind::ResetOutcome;
+pub use handle::{ControlError, ServiceHandle};
+pub use jobs::{JobFilter, JobsPage};
+pub use state::SavedStateOf;
+pub use stats::{PoolLoad, PoolsLoad, RunnableLoad};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +41,7 @@ use crate::model::ack::{AckHandle, Watchers};
 use crate::model::events::EventBus;
 use crate::preprocess::{JqSettings, PreprocessorPool};
 use crate::router::{JobRouter, RoutedJob, RouterArgs, RouterMsg};
-use crate::runners::{self, Runnable};
+use crate::runners::Runnable;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{
     Registry, RootMsg, RootSupervisor, SupervisorMsg, TriggerSupervisor, TriggerSupervisorArgs,
@@ -35,18 +60,10 @@ pub enum ServiceError {
     Listen { addr: String, reason: String },
 }
 
-/// A running millgate.
+/// A running millgate: it owns the supervision tree and the ingress listener, and derefs to
+/// its [`ServiceHandle`] (its parts and its typed operations).
 pub struct Service {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub registry: Arc<Registry>,
-    pub router: ActorRef<RouterMsg>,
-    pub triggers: ActorRef<SupervisorMsg>,
-    pub watchers: Arc<Watchers>,
-    pub intake: Intake,
-    pub runner_pool: runners::RunnerPoolRef,
-    pub bus: EventBus,
-    pub started_at: std::time::Instant,
+    handle: ServiceHandle,
     /// Where the webhook/route listener is bound (useful with port 0).
     pub addr: SocketAddr,
     /// The open connections of both listeners (the admin listener registers here too).
@@ -218,16 +235,19 @@ impl Service {
         ));
         tracing::info!(%addr, triggers = config.triggers.len(), "millgate listening");
         Ok(Self {
-            config,
-            store,
-            registry,
-            router,
-            triggers,
-            watchers,
-            intake,
-            runner_pool: pool,
-            bus,
-            started_at: std::time::Instant::now(),
+            handle: ServiceHandle {
+                config,
+                store,
+                registry,
+                watchers,
+                intake,
+                runner_pool: pool,
+                bus,
+                started_at: std::time::Instant::now(),
+                router,
+                triggers,
+                root: root.get_cell(),
+            },
             addr,
             connections,
             root,
@@ -237,17 +257,10 @@ impl Service {
         })
     }
 
-    /// Fails a trigger's actor on purpose (supervision tests, chaos drills).
-    #[doc(hidden)]
-    pub fn inject_trigger_fault(&self, trigger: &str) {
-        let _ = self
-            .triggers
-            .cast(SupervisorMsg::InjectFault(trigger.to_string()));
-    }
-
-    /// The root of the supervision tree (for status pages).
-    pub fn root(&self) -> ractor::ActorCell {
-        self.root.get_cell()
+    /// A cheap clone of the running service's parts and operations, for whoever outlives a
+    /// borrow of it (the admin listener's handlers).
+    pub fn handle(&self) -> ServiceHandle {
+        self.handle.clone()
     }
 
     /// Resolves when the supervision tree stops on its own (a core actor failed).
@@ -262,13 +275,21 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         // Sources first (a Kafka consumer commits what finished and leaves its group), then
         // the router and the pools.
-        let _ = ractor::call_t!(self.triggers, SupervisorMsg::StopAll, 40_000);
+        let _ = ractor::call_t!(self.handle.triggers, SupervisorMsg::StopAll, 40_000);
         self.root
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;
         self.root.stop(None);
         let _ = self.root_handle.await;
-        let _ = self.store.commit().await;
+        let _ = self.handle.store.commit().await;
+    }
+}
+
+impl Deref for Service {
+    type Target = ServiceHandle;
+
+    fn deref(&self) -> &ServiceHandle {
+        &self.handle
     }
 }
 

@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiResult};
+use crate::admin::error::ErrorBody;
 
 /// One quarantined record (its raw bytes stay in the store).
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,14 +43,10 @@ pub fn routes() -> OpenApiRouter<AdminState> {
 /// Records the store could not decode, oldest first.
 #[utoipa::path(get, path = "/api/quarantine", tag = "system",
     responses((status = 200, body = QuarantineList)))]
-async fn list_quarantine(
-    State(state): State<AdminState>,
-) -> Result<Json<QuarantineList>, ApiError> {
+async fn list_quarantine(State(state): State<AdminState>) -> ApiResult<Json<QuarantineList>> {
     let records = state
         .service
-        .store
-        .quarantined()
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .quarantined()?
         .into_iter()
         .map(|r| QuarantinedView {
             id: r.id,
@@ -66,14 +63,11 @@ async fn list_quarantine(
 /// Deletes a quarantined record for good.
 #[utoipa::path(delete, path = "/api/quarantine/{id}", tag = "system",
     params(("id" = u64, Path, description = "the entry's id")),
-    responses((status = 204), (status = 404, body = Object)))]
+    responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_quarantined(
     State(state): State<AdminState>,
     Path(id): Path<u64>,
-) -> Result<StatusCode, ApiError> {
-    match state.service.store.drop_quarantined(id) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(ApiError::not_found(format!("no quarantined record {id}"))),
-        Err(e) => Err(ApiError::internal(e.to_string())),
-    }
+) -> ApiResult<StatusCode> {
+    state.service.drop_quarantined(id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
