@@ -178,3 +178,37 @@ fn the_check_sees_an_upward_import() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("store/mod.rs:2") && problems[0].contains("crate::triggers"));
 }
+
+/// The admin API (`src/admin/` of the `millgate` crate) changes the service only through
+/// `ServiceHandle`'s typed operations (docs/architecture.md, "Admin side"), never by sending
+/// actor messages itself.
+#[test]
+fn the_admin_api_sends_no_actor_messages() {
+    let admin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src/admin");
+    let mut files = Vec::new();
+    rust_files(&admin, &mut files);
+    assert!(!files.is_empty(), "no sources under {}", admin.display());
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for raw in [
+                "ractor::call",
+                "ractor::cast",
+                "SupervisorMsg",
+                "RouterMsg",
+                ".cast(",
+            ] {
+                if code.contains(raw) {
+                    problems.push(format!("{}:{}: {raw}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "src/admin sends actor messages; add a ServiceHandle operation instead:\n  {}",
+        problems.join("\n  ")
+    );
+}
