@@ -20,12 +20,16 @@ use super::offsets::{
 };
 pub(super) use crate::triggers::source::set_status_field;
 
-use super::source::Receipt;
+use super::source::{Receipt, Unanswered};
 use crate::triggers::source::Pulled;
 use crate::triggers::SourceArgs;
 
-/// Where the consumer thread hands its batches to the trigger's task (at most one waiting).
-pub(super) type HandOver = tokio::sync::mpsc::Sender<Vec<Pulled<Receipt>>>;
+/// Where the consumer thread hands its batches to the trigger's task (at most one waiting),
+/// and the count of handed messages not yet answered by the intake.
+pub(super) type HandOver = (
+    tokio::sync::mpsc::Sender<Vec<Pulled<Receipt>>>,
+    Arc<Unanswered>,
+);
 
 /// How long the thread waits for the trigger's task to take the batch waiting for it, before
 /// it looks again (it reads nothing more meanwhile: nothing is buffered beyond one batch).
@@ -147,7 +151,7 @@ impl ConsumerLoop<'_> {
                 self.publish_status();
             }
             self.flow_control();
-            if self.hand_over.capacity() == 0 && !self.paused {
+            if self.hand_over.0.capacity() == 0 && !self.paused {
                 // The task is taking the last batch and there is room for more jobs: wait for
                 // it rather than read ahead. (When full, the partitions are paused and polling
                 // goes on below, for the group's rebalances.)
@@ -176,24 +180,28 @@ impl ConsumerLoop<'_> {
             if !batch.is_empty() {
                 self.take(batch, epoch);
             }
-            self.hand_over_held()?;
+            self.hand_over_held(stop);
         }
         Ok(())
     }
 
-    /// Hands the held messages to the task when it has taken the previous batch.
-    fn hand_over_held(&mut self) -> Result<(), String> {
+    /// Hands the held messages to the task when it has taken the previous batch, then waits
+    /// for the intake's answers (see `Unanswered`).
+    fn hand_over_held(&mut self, stop: &AtomicBool) {
         if self.held.is_empty() {
-            return Ok(());
+            return;
         }
-        match self.hand_over.try_send(std::mem::take(&mut self.held)) {
-            Ok(()) => Ok(()),
+        let (tx, unanswered) = &self.hand_over;
+        let n = self.held.len();
+        unanswered.add(n);
+        match tx.try_send(std::mem::take(&mut self.held)) {
+            Ok(()) => unanswered.wait(stop),
             Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
+                unanswered.remove(n);
                 self.held = batch;
-                Ok(())
             }
             // The task is gone (stopping): what was read stays uncommitted.
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => unanswered.remove(n),
         }
     }
 
