@@ -87,7 +87,15 @@ impl App {
         if let Some((server, stop)) = self.admin {
             let _ = stop.send(true);
             // SSE streams never end on their own; give them a moment, then move on.
-            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            let mut server = server;
+            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+            {
+                // Their handlers hold the service: cut them so that it can stop.
+                server.abort();
+                let _ = server.await;
+            }
         }
         self.service.stop().await;
     }

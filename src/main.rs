@@ -10,6 +10,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use millgate_actors::preprocess::jq_worker;
 
+// glibc malloc was a quarter of all samples under load (BENCHMARKS.md, "Profile"); the
+// allocator is chosen there by measurement.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // millgate starts copies of itself to run jq filters in (never a user's command).
     let args: Vec<String> = std::env::args().collect();

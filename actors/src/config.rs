@@ -167,6 +167,7 @@ impl Config {
             ("store.dedup_ttl", self.store.dedup_ttl.is_zero()),
             ("store.job_retention", self.store.job_retention.is_zero()),
             ("store.max_jobs", self.store.max_jobs == 0),
+            ("store.cache_capacity", self.store.cache_capacity == 0),
             (
                 "supervisor.restart_initial",
                 self.supervisor.restart_initial.is_zero(),

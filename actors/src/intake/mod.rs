@@ -107,7 +107,8 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Persists the jobs for `event` and returns once they are flushed to disk. `ack` builds
+    /// Persists the jobs for `event` and returns once they are flushed to disk (written, for a
+    /// source that redelivers: see [`TriggerRuntime::redelivers`]). `ack` builds
     /// the handle settled with each job's final outcome (for sources that acknowledge late).
     /// The jobs take their in-flight slots whether or not they fit: the caller waited for room
     /// before it took the event from its source.
@@ -175,7 +176,13 @@ impl Intake {
         if staged.is_empty() {
             return results;
         }
-        if let Err(e) = self.store.commit().await {
+        // A source that redelivers is the log: its jobs reach the disk with the next group
+        // commit, and a crash before that makes the source hand the event over again. Dead
+        // letters are durable before the source hears anything, whatever the source.
+        let durable_now = !rt.redelivers || staged.iter().any(|(_, w)| w.refused);
+        if !durable_now {
+            self.store.commit_soon();
+        } else if let Err(e) = self.store.commit().await {
             for (i, _) in &staged {
                 results[*i] = Err(IntakeError::Store(e.clone()));
             }
@@ -195,16 +202,18 @@ impl Intake {
                 .jobs_created
                 .fetch_add(w.records.len() as u64, Ordering::Relaxed);
             for r in &w.records {
-                self.bus.publish(if w.parked {
-                    SystemEvent::JobParked {
-                        trigger: name.into(),
-                        job_id: r.job_id,
-                    }
-                } else {
-                    SystemEvent::JobQueued {
-                        trigger: name.into(),
-                        job_id: r.job_id,
-                        event_id: w.event_id.clone(),
+                self.bus.publish(|| {
+                    if w.parked {
+                        SystemEvent::JobParked {
+                            trigger: name.into(),
+                            job_id: r.job_id,
+                        }
+                    } else {
+                        SystemEvent::JobQueued {
+                            trigger: name.into(),
+                            job_id: r.job_id,
+                            event_id: w.event_id.clone(),
+                        }
                     }
                 });
             }
@@ -245,17 +254,17 @@ impl Intake {
         let name = rt.name();
         rt.counters.events_received.fetch_add(1, Ordering::Relaxed);
         rt.rate.record();
-        metrics::event_received(name, rt.kind());
-        self.bus.publish(SystemEvent::EventReceived {
+        rt.counters.metrics.received.increment(1);
+        self.bus.publish(|| SystemEvent::EventReceived {
             trigger: name.into(),
             event_id: event.id.clone(),
         });
         if event.dedup {
             if let Some(ids) = self.store.dedup_get(&event.id)? {
                 rt.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
-                metrics::event_deduplicated(name, rt.kind());
+                rt.counters.metrics.deduplicated.increment(1);
                 tracing::debug!(event_id = %event.id, "duplicate event, returning its earlier jobs");
-                self.bus.publish(SystemEvent::EventDuplicate {
+                self.bus.publish(|| SystemEvent::EventDuplicate {
                     trigger: name.into(),
                     event_id: event.id.clone(),
                     job_ids: ids.clone(),
@@ -283,9 +292,9 @@ impl Intake {
         };
         if outputs.is_empty() {
             rt.counters.events_filtered.fetch_add(1, Ordering::Relaxed);
-            metrics::event_filtered(name, rt.kind());
+            rt.counters.metrics.filtered.increment(1);
             tracing::debug!(event_id = %event.id, "event filtered by preprocessor");
-            self.bus.publish(SystemEvent::EventFiltered {
+            self.bus.publish(|| SystemEvent::EventFiltered {
                 trigger: name.into(),
                 event_id: event.id.clone(),
             });
@@ -422,8 +431,8 @@ impl Intake {
             rt.counters
                 .jobs_dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
-            metrics::job_outcome(rt.name(), "dead_lettered");
-            self.bus.publish(SystemEvent::JobDeadLettered {
+            rt.counters.metrics.dead_lettered.increment(1);
+            self.bus.publish(|| SystemEvent::JobDeadLettered {
                 trigger: rt.name().into(),
                 job_id: r.job_id,
                 attempts: 0,
@@ -463,7 +472,7 @@ impl Intake {
         let ids = self.store.cancel_parked(trigger).await?;
         for id in &ids {
             metrics::job_outcome(trigger, "cancelled");
-            self.bus.publish(SystemEvent::JobCancelled {
+            self.bus.publish(|| SystemEvent::JobCancelled {
                 trigger: trigger.into(),
                 job_id: *id,
             });
@@ -504,7 +513,7 @@ impl Intake {
             .enqueue(std::slice::from_ref(&record), None)
             .await?;
         self.store.remove_dead_letter(old.job_id)?;
-        self.bus.publish(SystemEvent::JobQueued {
+        self.bus.publish(|| SystemEvent::JobQueued {
             trigger: old.trigger.clone(),
             job_id: id,
             event_id: old.event_id.clone(),

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::admission::{InFlight, Reservation};
 use crate::model::ack::{AckHandle, RateWindow, TriggerCounters};
+use crate::model::metrics::TriggerMetrics;
 use crate::model::settings::RetryPolicy;
 use crate::preprocess::{KeyExpr, Preprocessor};
 
@@ -43,6 +44,8 @@ pub struct RuntimeSpec {
     pub retry: RetryPolicy,
     pub max_in_flight: usize,
     pub max_fan_out: usize,
+    /// The source hands unacknowledged events over again after a crash (`TriggerKind::redelivers`).
+    pub redelivers: bool,
 }
 
 /// Per-trigger state that outlives any one actor incarnation.
@@ -56,6 +59,8 @@ pub struct TriggerRuntime {
     pub max_in_flight: usize,
     /// Jobs fanned out of one event at most (`max_fan_out`).
     pub max_fan_out: usize,
+    /// The source is the log: its jobs are written without waiting for the disk.
+    pub redelivers: bool,
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
     slots: InFlight,
     /// Events are accepted and acknowledged, their jobs parked instead of run.
@@ -77,6 +82,11 @@ impl TriggerRuntime {
             TriggerState::Disabled
         };
         let slots = InFlight::new(spec.max_in_flight);
+        let counters = Arc::new(TriggerCounters::new(TriggerMetrics::new(
+            &spec.name,
+            spec.kind,
+            &spec.runnable,
+        )));
         Self {
             name: spec.name,
             kind: spec.kind,
@@ -86,12 +96,13 @@ impl TriggerRuntime {
             retry: spec.retry,
             max_in_flight: spec.max_in_flight,
             max_fan_out: spec.max_fan_out,
+            redelivers: spec.redelivers,
             in_flight: slots.counter(),
             slots,
             suspended: AtomicBool::new(false),
             state: Mutex::new(state),
             restarts: AtomicU64::new(0),
-            counters: Arc::new(TriggerCounters::default()),
+            counters,
             rate: RateWindow::default(),
             source_status: Mutex::new(Value::Null),
         }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::job::{JobId, JobOutcome};
+use super::metrics::TriggerMetrics;
 
 type SettleFn = Box<dyn FnOnce(&JobOutcome) + Send>;
 
@@ -40,28 +41,48 @@ impl AckHandle {
         self.counters = Some(counters);
     }
 
+    /// The trigger's counters the outcome is counted in, if any.
+    pub fn counters(&self) -> Option<&TriggerCounters> {
+        self.counters.as_deref()
+    }
+
     /// Counts the job against a trigger's `max_in_flight` until the handle is dropped.
     pub fn add_in_flight(&mut self, counter: Arc<AtomicUsize>) {
         self.in_flight.push(counter);
     }
 
-    pub fn settle(mut self, outcome: &JobOutcome) {
+    /// Tells the source the outcome and counts it. The job's `max_in_flight` slots stay taken
+    /// until the returned [`InFlightSlots`] is dropped: the router keeps them until the outcome is
+    /// on disk, so that what a crash can make run twice stays bounded by `max_in_flight`.
+    pub fn settle(mut self, outcome: &JobOutcome) -> InFlightSlots {
         if let Some(c) = &self.counters {
-            let counter = match outcome {
-                JobOutcome::Succeeded(_) => &c.jobs_succeeded,
-                JobOutcome::DeadLettered(_) => &c.jobs_dead_lettered,
+            let (counter, series) = match outcome {
+                JobOutcome::Succeeded(_) => (&c.jobs_succeeded, &c.metrics.succeeded),
+                JobOutcome::DeadLettered(_) => (&c.jobs_dead_lettered, &c.metrics.dead_lettered),
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            series.increment(1);
         }
         if let Some(f) = self.on_settle.take() {
             f(outcome);
         }
+        InFlightSlots(std::mem::take(&mut self.in_flight))
     }
 }
 
 impl Drop for AckHandle {
     fn drop(&mut self) {
-        for c in &self.in_flight {
+        drop(InFlightSlots(std::mem::take(&mut self.in_flight)));
+    }
+}
+
+/// A settled job's `max_in_flight` slots, released when dropped.
+#[must_use = "dropping the slots releases them at once"]
+pub struct InFlightSlots(Vec<Arc<AtomicUsize>>);
+
+impl Drop for InFlightSlots {
+    fn drop(&mut self) {
+        for c in &self.0 {
             c.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -103,8 +124,8 @@ impl Watchers {
     }
 }
 
-/// A trigger's counters (shown by the API; Prometheus has its own).
-#[derive(Debug, Default)]
+/// A trigger's counters (shown by the API), and its Prometheus series.
+#[derive(Default)]
 pub struct TriggerCounters {
     pub events_received: AtomicU64,
     pub events_filtered: AtomicU64,
@@ -113,9 +134,24 @@ pub struct TriggerCounters {
     pub jobs_succeeded: AtomicU64,
     pub jobs_dead_lettered: AtomicU64,
     pub rejected_busy: AtomicU64,
+    pub metrics: TriggerMetrics,
+}
+
+impl std::fmt::Debug for TriggerCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TriggerCounters ")?;
+        self.snapshot().fmt(f)
+    }
 }
 
 impl TriggerCounters {
+    pub fn new(metrics: TriggerMetrics) -> Self {
+        Self {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     pub fn snapshot(&self) -> Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({

@@ -103,9 +103,12 @@ impl Default for EventBus {
 }
 
 impl EventBus {
-    pub fn publish(&self, event: SystemEvent) {
-        // No subscriber is the normal case when nobody watches; nothing to do then.
-        let _ = self.tx.send(event);
+    /// Sends the event `event` builds to the subscribers; builds nothing when there are none
+    /// (the normal case when nobody watches: the per-job cost of the stream is then one load).
+    pub fn publish(&self, event: impl FnOnce() -> SystemEvent) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(event());
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<SystemEvent> {

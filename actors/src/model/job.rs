@@ -168,6 +168,19 @@ impl JobRecord {
         }
     }
 
+    /// Marks the job finished with `status`: its result or error, the time, the timeline step.
+    pub fn finish(&mut self, status: JobStatus, result: Option<Value>, error: Option<String>) {
+        self.status = status;
+        self.result = result;
+        self.finished_at = Some(Utc::now());
+        let mut step = TimelineEntry::now(status.as_str()).attempt(self.attempts);
+        if let Some(e) = &error {
+            step = step.error(e);
+        }
+        self.error = error;
+        self.step(step);
+    }
+
     /// Appends a step to the timeline.
     pub fn step(&mut self, entry: TimelineEntry) {
         // Bounded: a job retried forever must not grow its record without end.

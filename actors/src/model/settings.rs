@@ -131,6 +131,9 @@ pub struct StoreConfig {
     /// How long an event id is remembered to drop redeliveries and repeated idempotency keys.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
+    /// Bytes of sled's page cache (records read or written recently); the store's share of the
+    /// process's memory under load.
+    pub cache_capacity: u64,
 }
 
 impl Default for StoreConfig {
@@ -140,6 +143,7 @@ impl Default for StoreConfig {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             max_jobs: 100_000,
             dedup_ttl: Duration::from_secs(24 * 3600),
+            cache_capacity: 64 * 1024 * 1024,
         }
     }
 }

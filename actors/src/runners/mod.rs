@@ -144,7 +144,7 @@ impl Worker for Runner {
             .instrument(span.clone())
             .await;
         span.in_scope(|| match &result {
-            Ok(_) => tracing::info!("run succeeded"),
+            Ok(_) => tracing::debug!("run succeeded"),
             Err(e) => tracing::warn!(error = %e, "run failed"),
         });
         let report = RunReport {

@@ -272,7 +272,15 @@ impl Service {
     /// and run on the next start.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(10), &mut server)
+            .await
+            .is_err()
+        {
+            // Requests still running after 10 s are cut: their tasks hold the store.
+            server.abort();
+            let _ = server.await;
+        }
         // Sources first (a Kafka consumer commits what finished and leaves its group), then
         // the router and the pools.
         let _ = ractor::call_t!(self.handle.triggers, SupervisorMsg::StopAll, 40_000);
@@ -281,7 +289,16 @@ impl Service {
             .await;
         self.root.stop(None);
         let _ = self.root_handle.await;
-        let _ = self.handle.store.commit().await;
+        let store = self.handle.store.clone();
+        drop(self.handle);
+        let _ = store.commit().await;
+        // The data directory is free again once this returns (an embedding program or a test
+        // may open it at once): wait for the tasks still holding the store to end.
+        if !store.released_within(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "the store is still held 5 s after stopping; its lock stays taken until then"
+            );
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! throughput of a flush per write on this machine kind (docs/architecture.md, "Delivery").
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,8 @@ struct Inner {
     api_triggers: sled::Tree,
     trigger_flags: sled::Tree,
     commits: mpsc::Sender<Waiter>,
+    /// Written since the last flush, with nobody waiting ([`Store::commit_soon`]).
+    dirty: Arc<AtomicBool>,
     committer: Option<std::thread::JoinHandle<()>>,
     config: StoreConfig,
 }
@@ -114,12 +117,15 @@ impl Store {
             .path(&config.path)
             // Durability is ours (group commit); sled's own periodic flush only adds fsyncs.
             .flush_every_ms(None)
+            .cache_capacity(config.cache_capacity)
             .open()?;
         let (tx, rx) = mpsc::channel::<Waiter>();
         let committer_db = db.clone();
+        let dirty = Arc::new(AtomicBool::new(false));
+        let committer_dirty = dirty.clone();
         let committer = std::thread::Builder::new()
             .name("millgate-committer".into())
-            .spawn(move || committer(committer_db, rx))
+            .spawn(move || committer(committer_db, rx, committer_dirty))
             .map_err(|e| StoreError::Sled(format!("cannot start committer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -134,10 +140,30 @@ impl Store {
                 trigger_flags: db.open_tree("trigger_flags")?,
                 db,
                 commits: tx,
+                dirty,
                 committer: Some(committer),
                 config: config.clone(),
             }),
         })
+    }
+
+    /// Waits until this is the last handle on the store (the others dropped), or `within` passes.
+    pub async fn released_within(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Has what was written before this call flushed within [`LAZY_FLUSH`], without waiting:
+    /// for records whose loss in a crash the source makes good (it redelivers), or that are
+    /// kept for observability only (a job's outcome, which runs again from the queue).
+    pub fn commit_soon(&self) {
+        self.inner.dirty.store(true, Ordering::Release);
     }
 
     /// Waits until everything written before this call is on disk.
@@ -337,17 +363,7 @@ impl Store {
         result: Option<Value>,
         error: Option<String>,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let record = self.update_job(id, |r| {
-            r.status = status;
-            r.result = result;
-            r.error = error.clone();
-            r.finished_at = Some(Utc::now());
-            let mut step = TimelineEntry::now(status.as_str()).attempt(r.attempts);
-            if let Some(e) = &error {
-                step = step.error(e);
-            }
-            r.step(step);
-        })?;
+        let record = self.update_job(id, |r| r.finish(status, result, error.clone()))?;
         if status == JobStatus::DeadLettered {
             if let Some(r) = &record {
                 let dl = DeadLetter {
@@ -363,6 +379,28 @@ impl Store {
         }
         self.inner.queue.remove(id.as_bytes())?;
         Ok(record)
+    }
+
+    /// Records a finished job from the caller's copy, which is authoritative (the router's:
+    /// no read-back), and takes it off the durable queue; a dead-lettered one joins the dead
+    /// letters. Not flushed.
+    pub fn finish_record(&self, record: &JobRecord) -> Result<(), StoreError> {
+        self.put_job(record)?;
+        if record.status == JobStatus::DeadLettered {
+            let dl = DeadLetter {
+                job_id: record.job_id,
+                trigger: record.trigger.clone(),
+                runnable: record.runnable.clone(),
+                error: record.error.clone().unwrap_or_default(),
+                attempts: record.attempts,
+                dead_lettered_at: record.finished_at.unwrap_or_else(Utc::now),
+            };
+            self.inner
+                .dead
+                .insert(record.job_id.as_bytes(), encode(&dl)?)?;
+        }
+        self.inner.queue.remove(record.job_id.as_bytes())?;
+        Ok(())
     }
 
     /// Jobs that were accepted but never finished, oldest first (to dispatch again on start).
@@ -425,8 +463,30 @@ impl Store {
     }
 }
 
-fn committer(db: sled::Db, rx: mpsc::Receiver<Waiter>) {
-    while let Ok(first) = rx.recv() {
+/// How long a write that nobody waits for ([`Store::commit_soon`]) may stay off the disk.
+const LAZY_FLUSH: Duration = Duration::from_millis(100);
+
+fn committer(db: sled::Db, rx: mpsc::Receiver<Waiter>, dirty: Arc<AtomicBool>) {
+    loop {
+        let first = match rx.recv_timeout(LAZY_FLUSH) {
+            Ok(w) => w,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty.swap(false, Ordering::AcqRel) {
+                    if let Err(e) = db.flush() {
+                        tracing::error!(error = %e, "store flush failed");
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if dirty.load(Ordering::Acquire) {
+                    let _ = db.flush();
+                }
+                return;
+            }
+        };
+        // Whatever was written before this flush starts is in it.
+        dirty.store(false, Ordering::Release);
         let mut batch = vec![first];
         while let Ok(w) = rx.try_recv() {
             batch.push(w);

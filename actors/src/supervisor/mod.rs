@@ -220,7 +220,7 @@ impl TriggerSupervisorState {
             TriggerState::BackingOff { last_error, .. } => Some(last_error),
             _ => None,
         };
-        self.args.intake.bus.publish(SystemEvent::TriggerState {
+        self.args.intake.bus.publish(|| SystemEvent::TriggerState {
             trigger: rt.name().to_string(),
             state: rt.state_name().to_string(),
             last_error,
@@ -350,7 +350,7 @@ impl TriggerSupervisorState {
             t.remove(name);
         }
         self.backoff.remove(name);
-        self.args.intake.bus.publish(SystemEvent::TriggerState {
+        self.args.intake.bus.publish(|| SystemEvent::TriggerState {
             trigger: name.into(),
             state: "removed".into(),
             last_error: None,

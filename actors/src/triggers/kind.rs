@@ -107,6 +107,14 @@ pub trait TriggerKind: Send + Sync {
         None
     }
 
+    /// Whether the source keeps each event until millgate acknowledges it, and hands it over
+    /// again after a crash (JetStream, Kafka, a persistent MQTT QoS ≥ 1 session). Such a
+    /// source is the log: its jobs are written without waiting for the disk. Sources that
+    /// cannot redeliver wait for one durable write before they answer.
+    fn redelivers(&self) -> bool {
+        false
+    }
+
     /// Keys through which this trigger would run a program of its own choosing (refused
     /// through the admin API unless `[admin] allow_commands = true`).
     fn program_keys(&self) -> Vec<String> {

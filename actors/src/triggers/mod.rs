@@ -260,6 +260,7 @@ impl TriggerConfig {
             retry,
             max_in_flight: self.common.max_in_flight.unwrap_or(default_max_in_flight),
             max_fan_out: self.common.max_fan_out.unwrap_or(DEFAULT_MAX_FAN_OUT),
+            redelivers: self.spec.kind().redelivers(),
         }))
     }
 }

@@ -70,6 +70,11 @@ impl TriggerKind for KafkaConfig {
         KafkaConfig::endpoint(self)
     }
 
+    /// The group's committed offsets move only past settled jobs.
+    fn redelivers(&self) -> bool {
+        true
+    }
+
     fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
         order_by_expr(configured)
     }

@@ -62,6 +62,13 @@ impl TriggerKind for MqttConfig {
         MqttConfig::endpoint(self)
     }
 
+    /// Only a session that outlives the connection gets unacknowledged QoS ≥ 1 messages again
+    /// (a clean session's are dropped by the broker when millgate goes away), and only when
+    /// every subscription asks for QoS ≥ 1: the trigger's messages share one way in.
+    fn redelivers(&self) -> bool {
+        !self.clean() && self.subscriptions.iter().all(|s| s.qos >= 1)
+    }
+
     /// `"topic"`: one topic's messages one at a time.
     fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
         match configured {

@@ -54,6 +54,11 @@ impl TriggerKind for NatsConfig {
         NatsConfig::endpoint(self, trigger)
     }
 
+    /// A JetStream consumer redelivers what was not acked; core NATS forgets at once.
+    fn redelivers(&self) -> bool {
+        self.jetstream.is_some()
+    }
+
     /// `"subject"`: one subject's messages one at a time.
     fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
         match configured {
