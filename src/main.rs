@@ -10,13 +10,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use millgate_actors::preprocess::jq_worker;
 
-// glibc malloc was a quarter of all samples under load (BENCHMARKS.md, "Profile"); the
-// allocator is chosen there by measurement.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+// glibc malloc was a quarter of all samples under load; jemalloc beat it and mimalloc in CPU
+// per job and peak memory (BENCHMARKS.md, allocators).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

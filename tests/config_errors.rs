@@ -546,6 +546,7 @@ sync_timeout = "0s"
 [store]
 dedup_ttl = "0m"
 max_jobs = 0
+cache_capacity = 0
 
 [router]
 runners = 0
@@ -568,6 +569,7 @@ sync_timeout = "0h"
         ("\"0s\"", "server.sync_timeout", "above zero"),
         ("\"0m\"", "store.dedup_ttl", "above zero"),
         ("max_jobs", "store.max_jobs", "above zero"),
+        ("cache_capacity", "store.cache_capacity", "above zero"),
         ("runners", "router.runners", "at least 1"),
         ("max_in_flight", "router.max_in_flight", "at least 1"),
         ("\"0ms\"", "runnables.echo.timeout", "above zero"),
@@ -575,7 +577,7 @@ sync_timeout = "0h"
     ] {
         assert_error(&c, line_with(text, marker), key, &[words]);
     }
-    assert_eq!(c.stderr.lines().count(), 8, "{}", c.stderr);
+    assert_eq!(c.stderr.lines().count(), 9, "{}", c.stderr);
 }
 
 #[test]

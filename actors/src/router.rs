@@ -368,9 +368,9 @@ impl RouterState {
         let Some(mut job) = self.jobs.remove(&id) else {
             return;
         };
-        let (value, error) = match &result {
-            Ok(v) => (Some(v.clone()), None),
-            Err(e) => (None, Some(e.clone())),
+        let (value, error) = match result {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
         };
         job.record.finish(status, value, error);
         let recorded = match self.store.finish_record(&job.record) {
@@ -380,12 +380,19 @@ impl RouterState {
                 false
             }
         };
+        // The record is written: its result moves on to whoever waits for it.
+        let outcome = match status {
+            JobStatus::DeadLettered => {
+                JobOutcome::DeadLettered(job.record.error.clone().unwrap_or_default())
+            }
+            _ => JobOutcome::Succeeded(job.record.result.take().unwrap_or_default()),
+        };
         let trigger = job.record.trigger.clone();
         let attempts = job.record.attempts;
         // A trigger's handle counts the outcome when it is settled; others are counted here.
         let counted = job.ack.counters().is_some();
-        match &result {
-            Ok(_) => {
+        match &outcome {
+            JobOutcome::Succeeded(_) => {
                 if !counted {
                     metrics::job_outcome(&trigger, "succeeded");
                 }
@@ -397,7 +404,7 @@ impl RouterState {
                     duration_ms,
                 });
             }
-            Err(e) => {
+            JobOutcome::DeadLettered(e) => {
                 if !counted {
                     metrics::job_outcome(&trigger, "dead_lettered");
                 }
@@ -409,10 +416,6 @@ impl RouterState {
                 });
             }
         }
-        let outcome = match result {
-            Ok(v) => JobOutcome::Succeeded(v),
-            Err(e) => JobOutcome::DeadLettered(e),
-        };
         job.span.in_scope(|| match &outcome {
             JobOutcome::Succeeded(_) => {
                 tracing::debug!(attempts = job.record.attempts, "job succeeded")
@@ -423,7 +426,13 @@ impl RouterState {
         });
         if let Some(key) = &job.record.order_key {
             if let Some(queue) = self.keys.get_mut(key) {
-                queue.retain(|j| *j != id);
+                // The settled job is its key's running one, at the front (O(1) for a
+                // partition's thousand queued jobs); anywhere else only if a bug put it there.
+                if queue.front() == Some(&id) {
+                    queue.pop_front();
+                } else {
+                    queue.retain(|j| *j != id);
+                }
                 match queue.front().copied() {
                     Some(next) => self.ready(next),
                     None => {

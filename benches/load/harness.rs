@@ -255,6 +255,8 @@ pub fn unique(prefix: &str) -> String {
 // The millgate process
 
 pub const ADMIN_TOKEN: &str = "bench-admin";
+/// In [`Millgate::start_env`]'s `env`: the path of another millgate binary to run.
+pub const BIN_OVERRIDE: &str = "MILLGATE_BENCH_BIN";
 pub const HOOK_TOKEN: &str = "bench-token";
 
 /// `target/release/millgate run --config <dir>/millgate.toml`, its store in `<dir>/data`, its
@@ -275,7 +277,8 @@ impl Millgate {
         Self::start_env(ctx, label, body, &[]).await
     }
 
-    /// [`Millgate::start`] with extra environment variables (`RUST_LOG`, `LD_PRELOAD`).
+    /// [`Millgate::start`] with extra environment variables (`RUST_LOG`). The pseudo-variable
+    /// [`BIN_OVERRIDE`] runs another build of millgate instead (not passed on).
     pub async fn start_env(
         ctx: &Ctx,
         label: &str,
@@ -306,13 +309,19 @@ max_jobs = 100000000
         std::fs::create_dir_all(&logs).ctx("create logs dir")?;
         let log = std::fs::File::create(logs.join(format!("{label}.log"))).ctx("log file")?;
         let started = Instant::now();
-        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_millgate")))
+        let program = env
+            .iter()
+            .find(|(k, _)| *k == BIN_OVERRIDE)
+            .map(|(_, v)| *v)
+            .unwrap_or(env!("CARGO_BIN_EXE_millgate"));
+        let env = env.iter().filter(|(k, _)| *k != BIN_OVERRIDE);
+        let child = die_with_parent(&mut Command::new(program))
             .args(["run", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .envs(env.iter().copied())
+            .envs(env.copied())
             .spawn()
             .ctx("start millgate")?;
         let mut m = Self {
@@ -416,12 +425,21 @@ max_jobs = 100000000
     /// Waits until every job the trigger created is settled; returns the counters.
     pub async fn wait_drained(&self, trigger: &str, within: Duration) -> BenchResult<Value> {
         let deadline = Instant::now() + within;
+        // Requests the load generator abandoned may still be on their way into the queue: the
+        // counts must also stay the same for a moment.
+        let mut settled: Option<Value> = None;
         loop {
             let c = self.counters(trigger).await?;
             let n = |k: &str| c[k].as_u64().unwrap_or(0);
             if n("jobs_succeeded") + n("jobs_dead_lettered") >= n("jobs_created") {
-                return Ok(c);
+                if settled.as_ref() == Some(&c) {
+                    return Ok(c);
+                }
+                settled = Some(c);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
             }
+            settled = None;
             if Instant::now() > deadline {
                 return Err(format!(
                     "jobs of {trigger} not drained within {within:?}: {c}"

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{
     cpu_secs, dist, f0, f2, pct, ratio, round, stored_jobs, wrk, wrk_available, BareAxum,
-    BenchResult, Context, Ctx, Millgate, Outcome, Report, WrkRun, HOOK_TOKEN,
+    BenchResult, Context, Ctx, Millgate, Outcome, Report, WrkRun, BIN_OVERRIDE, HOOK_TOKEN,
 };
 
 /// An async webhook on the in-process `echo` runnable (the cheapest one there is), plus a
@@ -37,13 +37,13 @@ token = "{HOOK_TOKEN}"
     )
 }
 
-/// glibc's allocator is millgate's largest single hot spot; jemalloc preloaded shows what a
-/// different allocator would give without a code change.
-const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+/// Other builds of millgate to compare, `name=path,...`: the allocators (BENCHMARKS.md says
+/// how to build them). Each gets a row of its own in the same run.
+const OTHER_BUILDS: &str = "MILLGATE_BENCH_ALLOCATORS";
 
 /// One millgate run under wrk: its figures and whether its jobs add up.
 struct Variant {
-    label: &'static str,
+    label: String,
     /// Process CPU per accepted job during the load, µs.
     cpu_us: Option<f64>,
     run: WrkRun,
@@ -55,7 +55,7 @@ struct Variant {
 /// for the queue to drain, stops it, and checks every accepted job completed (store).
 async fn millgate_under_wrk(
     ctx: &Ctx,
-    label: &'static str,
+    label: &str,
     log: &str,
     env: &[(&str, &str)],
     conns: u32,
@@ -95,7 +95,7 @@ async fn millgate_under_wrk(
     }
     let cpu_us = cpu.map(|c| c * 1e6 / (created.max(1)) as f64);
     Ok(Variant {
-        label,
+        label: label.to_string(),
         cpu_us,
         figures: json!({
             "cpu_secs": cpu.map(|c| round(c, 3)), "cpu_us_per_job": cpu_us.map(|c| round(c, 1)),
@@ -116,8 +116,8 @@ async fn millgate_under_wrk(
 }
 
 /// Scenario 1: wrk, 64 connections, 10 s (3 s quick) against the bare axum baseline, then
-/// against millgate as shipped (default `info` logs), then two variants that show the two
-/// cheapest levers: `RUST_LOG=warn`, and jemalloc preloaded. Every variant must have completed
+/// against millgate as shipped (default `info` logs, mimalloc), then `RUST_LOG=warn`, then the
+/// builds named in [`OTHER_BUILDS`] (other allocators). Every variant must have completed
 /// every job it accepted.
 pub async fn throughput(ctx: &Ctx) -> BenchResult<Outcome> {
     if !wrk_available() {
@@ -153,13 +153,14 @@ pub async fn throughput(ctx: &Ctx) -> BenchResult<Outcome> {
         )
         .await?,
     ];
-    if std::path::Path::new(JEMALLOC).exists() {
+    let others = std::env::var(OTHER_BUILDS).unwrap_or_default();
+    for (name, bin) in others.split(',').filter_map(|b| b.split_once('=')) {
         variants.push(
             millgate_under_wrk(
                 ctx,
-                "millgate + jemalloc (LD_PRELOAD)",
-                "webhook-jemalloc",
-                &[("LD_PRELOAD", JEMALLOC)],
+                &format!("millgate, {name} allocator"),
+                &format!("webhook-{name}"),
+                &[(BIN_OVERRIDE, bin)],
                 conns,
                 secs,
                 threads,
@@ -194,7 +195,7 @@ pub async fn throughput(ctx: &Ctx) -> BenchResult<Outcome> {
     ]);
     for v in &variants {
         r.row(vec![
-            v.label.into(),
+            v.label.clone(),
             f0(v.run.ok_rps()),
             format!("{:.3}", ratio(v.run.ok_rps(), base.ok_rps())),
             f2(v.run.p50),
