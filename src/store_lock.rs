@@ -3,12 +3,32 @@
 
 use std::path::Path;
 
+/// How long a start waits for a lock whose taker is dead (see [`held_by_another`]).
+const ORPHAN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A message naming the process that holds the sled database in `dir`, when one does.
+///
+/// A lock whose taker has died is waited for (up to 5 s): a millgate killed with `kill -9` a
+/// moment ago can leave a child between `fork` and `exec` that still holds the inherited
+/// descriptor, and lets go of it when it execs or exits.
+pub fn held_by_another(dir: &Path) -> Option<String> {
+    let deadline = std::time::Instant::now() + ORPHAN_WAIT;
+    loop {
+        let (message, pid) = holder(dir)?;
+        let taker_dead = pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if !taker_dead || std::time::Instant::now() >= deadline {
+            return Some(message);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The message naming who holds the store's lock, and the pid that took it, when one does.
 ///
 /// sled takes an exclusive `flock` on `<dir>/db` for as long as it is open: trying the same
 /// lock, without waiting, and letting go of it at once tells whether someone holds it.
 #[cfg(target_os = "linux")]
-pub fn held_by_another(dir: &Path) -> Option<String> {
+fn holder(dir: &Path) -> Option<(String, Option<u32>)> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
 
@@ -24,20 +44,18 @@ pub fn held_by_another(dir: &Path) -> Option<String> {
     if std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK) {
         return None;
     }
-    let holder = file
-        .metadata()
-        .ok()
-        .and_then(|m| holder_pid(m.ino()))
-        .map_or_else(|| "pid unknown".to_string(), |pid| format!("pid {pid}"));
-    Some(format!(
+    let pid = file.metadata().ok().and_then(|m| holder_pid(m.ino()));
+    let holder = pid.map_or_else(|| "pid unknown".to_string(), |pid| format!("pid {pid}"));
+    let message = format!(
         "another millgate is using {} ({holder}): stop it first, or give this one its own \
          `[store] path`",
         dir.display()
-    ))
+    );
+    Some((message, pid))
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn held_by_another(_dir: &Path) -> Option<String> {
+fn holder(_dir: &Path) -> Option<(String, Option<u32>)> {
     None
 }
 

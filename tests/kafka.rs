@@ -510,7 +510,7 @@ async fn max_in_flight_pauses_the_partitions_instead_of_buffering() {
 runners = 8
 
 [runnables.slow]
-command = ["sh", "-c", 'sleep 0.2; echo "{{}}"']
+command = ["sh", "-c", 'sleep 0.5; echo "{{}}"']
 
 [[triggers]]
 name = "throttled"

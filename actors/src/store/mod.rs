@@ -218,6 +218,14 @@ impl Store {
         dedup_event_id: Option<&str>,
         parked: bool,
     ) -> Result<(), StoreError> {
+        // The dedup entry first: sled recovers a prefix of its writes, so a torn flush can keep
+        // the entry without the jobs (`dedup_get` then treats the event as new) but never the
+        // jobs without the entry, which would make a redelivery a second job (tests/chaos.rs).
+        // (A sled transaction across the trees would do it too, but livelocked in
+        // `Log::reserve` under the Kafka load bench.)
+        if let Some(event_id) = dedup_event_id {
+            self.put_dedup(event_id, records)?;
+        }
         for r in records {
             self.put_job(r)?;
             if parked {
@@ -227,9 +235,6 @@ impl Store {
             } else {
                 self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
             }
-        }
-        if let Some(event_id) = dedup_event_id {
-            self.put_dedup(event_id, records)?;
         }
         Ok(())
     }
@@ -289,7 +294,26 @@ impl Store {
             return Ok(None);
         };
         let entry: Option<DedupEntry> = self.decode_or_quarantine("dedup", tree, key, &bytes)?;
-        Ok(entry.and_then(|e| (e.expires_at > Utc::now()).then_some(e.job_ids)))
+        let Some(entry) = entry.filter(|e| e.expires_at > Utc::now()) else {
+            return Ok(None);
+        };
+        // An entry whose jobs never reached the disk (a crash tore the write after it): the
+        // event was not accepted, so it is new. Only young entries can be torn; older ones
+        // may have outlived their swept records (`max_jobs`) and still stand for them.
+        let written = entry.expires_at - chrono_duration(self.inner.config.dedup_ttl);
+        if Utc::now() - written > chrono::Duration::minutes(5) {
+            return Ok(Some(entry.job_ids));
+        }
+        for id in &entry.job_ids {
+            if self.inner.jobs.contains_key(id.as_bytes())? {
+                return Ok(Some(entry.job_ids));
+            }
+        }
+        tracing::debug!(
+            event_id,
+            "dedup entry without its jobs (torn write): a new event"
+        );
+        Ok(None)
     }
 
     /// A job record without its event (what the router and updates need).

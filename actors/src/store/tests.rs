@@ -324,3 +324,18 @@ mod round_trip {
         assert_eq!(back.event["body"], v);
     }
 }
+
+/// A crash can tear an event's write after its dedup entry (written first) and before its
+/// jobs: the young entry without jobs then stands for nothing, and the event is new. Once its
+/// jobs are there, it is a duplicate.
+#[test]
+fn a_dedup_entry_without_its_jobs_is_a_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let r = record("t");
+    s.put_dedup("torn", std::slice::from_ref(&r)).unwrap();
+    assert_eq!(s.dedup_get("torn").unwrap(), None);
+    s.write_jobs(std::slice::from_ref(&r), Some("torn"), false)
+        .unwrap();
+    assert_eq!(s.dedup_get("torn").unwrap(), Some(vec![r.job_id]));
+}

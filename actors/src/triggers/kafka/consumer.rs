@@ -34,6 +34,8 @@ pub(super) type HandOver = (
 /// How long the thread waits for the trigger's task to take the batch waiting for it, before
 /// it looks again (it reads nothing more meanwhile: nothing is buffered beyond one batch).
 const HAND_OVER_WAIT: Duration = Duration::from_millis(1);
+/// How long `max_in_flight` may stay reached before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_millis(200);
 
 /// The consumer thread: subscribe, read messages in batches and hand them to the trigger's
 /// task, commit finished positions, apply resets, until stopped (Ok) or the consumer cannot go
@@ -97,6 +99,7 @@ pub(super) fn consume(
         hand_over,
         held: Vec::new(),
         paused: false,
+        full_since: None,
         last_commit: Instant::now(),
         last_reset_check: Instant::now() - Duration::from_secs(1),
         suspect: None,
@@ -125,6 +128,8 @@ struct ConsumerLoop<'a> {
     /// Messages read and not yet handed over (the task was still taking the last batch).
     held: Vec<Pulled<Receipt>>,
     paused: bool,
+    /// Since when `max_in_flight` has been reached without the partitions being paused.
+    full_since: Option<Instant>,
     last_commit: Instant,
     last_reset_check: Instant,
     /// Since when connection errors were seen without a successful broker round trip.
@@ -150,7 +155,10 @@ impl ConsumerLoop<'_> {
                 self.last_commit = Instant::now();
                 self.publish_status();
             }
-            self.flow_control();
+            if self.flow_control() {
+                std::thread::sleep(HAND_OVER_WAIT);
+                continue;
+            }
             if self.hand_over.0.capacity() == 0 && !self.paused {
                 // The task is taking the last batch and there is room for more jobs: wait for
                 // it rather than read ahead. (When full, the partitions are paused and polling
@@ -232,14 +240,25 @@ impl ConsumerLoop<'_> {
             .saturating_sub(rt.in_flight.load(Ordering::Acquire))
     }
 
-    /// Pauses the assignment at `max_in_flight`, resumes it when slots free up.
-    fn flow_control(&mut self) {
+    /// At `max_in_flight`: first stops polling for up to [`PAUSE_AFTER`] (returns `true`: the
+    /// caller waits), then pauses the assignment so that polling can go on for the group;
+    /// resumes when slots free up. Pausing purges librdkafka's prefetched messages, which
+    /// then cost a fetch round trip after the resume: fast jobs free their slots before that.
+    fn flow_control(&mut self) -> bool {
         let full = self.free_slots() == 0;
+        if !full {
+            self.full_since = None;
+        } else if !self.paused {
+            let since = *self.full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < PAUSE_AFTER {
+                return true;
+            }
+        }
         if full == self.paused && !full {
-            return;
+            return false;
         }
         let Ok(assignment) = self.consumer.assignment() else {
-            return;
+            return false;
         };
         if full {
             // Re-paused every round: partitions assigned meanwhile start unpaused.
@@ -261,6 +280,7 @@ impl ConsumerLoop<'_> {
             self.paused = false;
             set_status_field(&self.args.runtime, "paused", json!(false));
         }
+        false
     }
 
     /// Consumer errors that name a missing or forbidden topic stop the trigger (so the status
