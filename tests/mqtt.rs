@@ -1560,9 +1560,13 @@ subscriptions = [{{ topic = "mutual/#", qos = 1 }}]
         .await;
     let jobs = wait_jobs(&t, "mutual", 1).await;
     assert_eq!(jobs[0].event["topic"], "mutual/a");
-    // Without a client certificate the broker ends the handshake.
-    let e = wait_backing_off(&t, "anonymous", |e| !e.is_empty()).await;
-    // (`received fatal alert: CertificateRequired` with mosquitto and TLS 1.3)
+    // Without a client certificate the broker ends the handshake: `received fatal alert:
+    // CertificateRequired` with mosquitto and TLS 1.3, or, when the broker's close overtakes
+    // the alert, `connection reset by peer` — some attempt (they repeat every second) reads it.
+    let e = wait_backing_off(&t, "anonymous", |e| {
+        e.to_lowercase().contains("certificate")
+    })
+    .await;
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     assert!(t.jobs_of("anonymous").is_empty());
     assert_ne!(source_status(&t, "anonymous")["subscribed"], true);
