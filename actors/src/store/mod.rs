@@ -218,16 +218,16 @@ impl Store {
         dedup_event_id: Option<&str>,
         parked: bool,
     ) -> Result<(), StoreError> {
-        // The dedup entry first: sled recovers a prefix of its writes, so a torn flush can keep
-        // the entry without the jobs (`dedup_get` then treats the event as new) but never the
-        // jobs without the entry, which would make a redelivery a second job (tests/chaos.rs).
-        // (A sled transaction across the trees would do it too, but livelocked in
-        // `Log::reserve` under the Kafka load bench.)
+        // In this order: dedup entry, queue entries, job records. sled recovers a prefix of its
+        // writes, so after a torn flush a job record implies its queue entry (else it would
+        // never run) and its dedup entry (else a redelivery would be a second job); an entry
+        // without its records stands for nothing (`dedup_get`, `unfinished`). Found by
+        // tests/chaos.rs. (A sled transaction across the trees livelocked in `Log::reserve`
+        // under the Kafka load bench.)
         if let Some(event_id) = dedup_event_id {
             self.put_dedup(event_id, records)?;
         }
         for r in records {
-            self.put_job(r)?;
             if parked {
                 self.inner
                     .parked
@@ -235,6 +235,9 @@ impl Store {
             } else {
                 self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
             }
+        }
+        for r in records {
+            self.put_job(r)?;
         }
         Ok(())
     }
