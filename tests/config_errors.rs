@@ -634,3 +634,15 @@ token = ""
     let text = format!("[admin]\nlisten = \"127.0.0.1:8081\"\n{RUNNABLE}");
     assert_eq!(check("admin_ok.toml", &text).code, Some(0));
 }
+
+#[test]
+fn an_unknown_durability_names_the_choices() {
+    let text = "[store]\ndurability = \"never\"\n";
+    let c = check("durability.toml", text);
+    assert_error(
+        &c,
+        line_with(text, "never"),
+        "store.durability",
+        &["fsync", "os"],
+    );
+}

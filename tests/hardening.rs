@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::binary::MillgateProcess;
 use common::{eventually, TestService};
 use millgate_actors::job::{JobId, JobStatus};
+use millgate_actors::store::joblog;
 use millgate_actors::triggers::nats::async_nats;
 use serde_json::{json, Value};
 
@@ -95,6 +96,7 @@ async fn an_unreadable_record_is_quarantined_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let good;
+    let good_record: Value;
     {
         let t = TestService::start_in(
             tempfile::tempdir_in(dir.path()).unwrap(),
@@ -108,17 +110,16 @@ async fn an_unreadable_record_is_quarantined_not_fatal() {
         assert_eq!(code, 202, "{body}");
         good = body["job_id"].as_str().unwrap().to_string();
         t.wait_final(&good, Duration::from_secs(10)).await;
+        good_record = serde_json::to_value(t.job(&good).unwrap()).unwrap();
         t.stop().await;
     }
     // A copy of the good record whose args nest past the reader's limit, as an older version
-    // could write it.
+    // (which kept job records in sled) could write it.
     let bad = JobId::new();
     {
         let db = sled::open(&data).unwrap();
         let jobs = db.open_tree("jobs").unwrap();
-        let good_id: JobId = good.parse().unwrap();
-        let mut record: Value =
-            serde_json::from_slice(&jobs.get(good_id.as_bytes()).unwrap().unwrap()).unwrap();
+        let mut record = good_record;
         record["job_id"] = json!(bad);
         record["args"] = json!("DEEP");
         let deep = record.to_string().replace(r#""DEEP""#, &nested(200));
@@ -367,14 +368,19 @@ preprocessor = { jq = '.body.items[] | {sku: .}' }
     assert_eq!(code, 422);
     assert_eq!(t.jobs_of("fan").len(), 100);
     let dir = t.stop().await;
-    let db = sled::open(dir.path().join("data")).unwrap();
-    assert_eq!(db.open_tree("events").unwrap().len(), 1);
-    for item in db.open_tree("jobs").unwrap().iter() {
-        let (_, v) = item.unwrap();
+    let frames = millgate_actors::store::joblog::frames(&dir.path().join("data/joblog")).unwrap();
+    let events = frames.iter().filter(|f| f.0 == joblog::frame::KIND_EVENT);
+    assert_eq!(events.count(), 1);
+    let jobs: Vec<usize> = frames
+        .iter()
+        .filter(|f| f.0 == joblog::frame::KIND_JOB)
+        .map(|f| f.1)
+        .collect();
+    assert!(jobs.len() >= 100, "{} job frames", jobs.len());
+    for len in jobs {
         assert!(
-            v.len() < 2048,
-            "a job record carries more than its args: {} bytes",
-            v.len()
+            len < 2048,
+            "a job record carries more than its args: {len} bytes"
         );
     }
 }

@@ -335,7 +335,7 @@ impl Intake {
             .collect();
         self.store.put_event(&event.id, &payload)?;
         let dedup_id = event.dedup.then_some(event.id.as_str());
-        self.store.write_jobs(&records, dedup_id, parked)?;
+        self.store.write_jobs(&records, dedup_id)?;
         Ok(Staged::Written(WrittenEvent {
             event_id: event.id,
             records,
@@ -410,8 +410,7 @@ impl Intake {
             });
             self.store.put_event(event_id, &stub)?;
         }
-        self.store
-            .write_jobs(std::slice::from_ref(&record), None, false)?;
+        self.store.write_jobs(std::slice::from_ref(&record), None)?;
         let record = self
             .store
             .finish(

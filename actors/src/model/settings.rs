@@ -134,6 +134,16 @@ pub struct StoreConfig {
     /// Bytes of sled's page cache (records read or written recently); the store's share of the
     /// process's memory under load.
     pub cache_capacity: u64,
+    /// What "durable" means before an answer: `fsync` (fdatasync of the job log: survives power
+    /// loss) or `os` (written to the OS, fsync every 100 ms: survives kill -9, not power loss).
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    Os,
 }
 
 impl Default for StoreConfig {
@@ -144,6 +154,7 @@ impl Default for StoreConfig {
             max_jobs: 100_000,
             dedup_ttl: Duration::from_secs(24 * 3600),
             cache_capacity: 64 * 1024 * 1024,
+            durability: Durability::Fsync,
         }
     }
 }

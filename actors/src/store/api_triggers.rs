@@ -26,13 +26,13 @@ impl Store {
         self.inner
             .api_triggers
             .insert(name.as_bytes(), encode(definition)?)?;
-        self.commit().await
+        self.commit_all().await
     }
 
     pub async fn remove_api_trigger(&self, name: &str) -> Result<(), StoreError> {
         self.inner.api_triggers.remove(name.as_bytes())?;
         self.inner.trigger_flags.remove(name.as_bytes())?;
-        self.commit().await
+        self.commit_all().await
     }
 
     pub fn trigger_flags(&self, name: &str) -> Result<Option<TriggerFlags>, StoreError> {
@@ -51,6 +51,6 @@ impl Store {
         self.inner
             .trigger_flags
             .insert(name.as_bytes(), encode(&flags)?)?;
-        self.commit().await
+        self.commit_all().await
     }
 }

@@ -1,13 +1,14 @@
-//! Everything millgate must not forget, in sled: the durable job queue, job records, the
-//! events they came from (each stored once, whatever its fan-out), dead letters and the dedup
-//! window. Records that cannot be decoded go to the quarantine (`quarantine.rs`).
+//! Everything millgate must not forget. The job log (`joblog/`) holds the job queue, job
+//! records and the events they came from (each stored once, whatever its fan-out); sled holds
+//! what the service owns long-term: dead letters, the dedup window, source state, triggers
+//! added through the API. Records that cannot be decoded go to the quarantine (`quarantine.rs`).
 //!
 //! Durability comes from [`Store::commit`]: a write is only acknowledged upstream after a
-//! flush that happened after it. Flushes are shared (group commit): one committer thread takes
-//! every writer waiting at that moment, flushes once and wakes them all, which measured ~20x the
-//! throughput of a flush per write on this machine kind (docs/architecture.md, "Delivery").
+//! sync that happened after it. Syncs are shared (group commit): one committer thread takes
+//! every writer waiting at that moment, writes and syncs once and wakes them all
+//! (docs/architecture.md, "Delivery"; `[store] durability` says whether "sync" is fdatasync or
+//! only the write to the OS).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -19,17 +20,20 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 mod api_triggers;
+pub mod joblog;
+mod jobs;
+mod legacy;
 mod parked;
 mod quarantine;
 mod sweep;
 
 pub use api_triggers::TriggerFlags;
-use parked::parked_key;
 pub use quarantine::QuarantinedRecord;
 pub use sweep::SweepReport;
 
 use crate::model::job::{JobId, JobRecord, JobStatus, TimelineEntry};
-use crate::model::settings::StoreConfig;
+use crate::model::settings::{Durability, StoreConfig};
+use joblog::JobLog;
 
 mod source_state;
 
@@ -60,13 +64,6 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
-/// An event as stored, once, for all the jobs it became.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredEvent {
-    received_at: DateTime<Utc>,
-    payload: Value,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct DedupEntry {
     job_ids: Vec<JobId>,
@@ -77,18 +74,14 @@ type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 struct Inner {
     db: sled::Db,
-    jobs: sled::Tree,
-    events: sled::Tree,
+    log: Arc<JobLog>,
     quarantine: sled::Tree,
-    queue: sled::Tree,
     dedup: sled::Tree,
     dead: sled::Tree,
-    parked: sled::Tree,
     api_triggers: sled::Tree,
     trigger_flags: sled::Tree,
     commits: mpsc::Sender<Waiter>,
-    /// Written since the last flush, with nobody waiting ([`Store::commit_soon`]).
-    dirty: Arc<AtomicBool>,
+    flags: Arc<Dirty>,
     committer: Option<std::thread::JoinHandle<()>>,
     config: StoreConfig,
 }
@@ -111,40 +104,92 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the committer must flush besides the job log.
+#[derive(Default)]
+struct Dirty {
+    /// sled writes the next [`Store::commit`] must include (dead letters, source state, ...).
+    sled: AtomicBool,
+    /// sled writes nobody waits for (dedup entries: the job log restores them after a crash).
+    sled_lazy: AtomicBool,
+}
+
 impl Store {
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with_segments(config, joblog::SEGMENT_BYTES)
+    }
+
+    pub(crate) fn open_with_segments(
+        config: &StoreConfig,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(&config.path)
             // Durability is ours (group commit); sled's own periodic flush only adds fsyncs.
             .flush_every_ms(None)
             .cache_capacity(config.cache_capacity)
             .open()?;
+        let (log, replayed) = JobLog::open(&config.path.join("joblog"), segment_bytes)?;
+        let log = Arc::new(log);
         let (tx, rx) = mpsc::channel::<Waiter>();
-        let committer_db = db.clone();
-        let dirty = Arc::new(AtomicBool::new(false));
-        let committer_dirty = dirty.clone();
-        let committer = std::thread::Builder::new()
-            .name("millgate-committer".into())
-            .spawn(move || committer(committer_db, rx, committer_dirty))
-            .map_err(|e| StoreError::Sled(format!("cannot start committer thread: {e}")))?;
-        Ok(Self {
+        let flags = Arc::new(Dirty::default());
+        let committer = {
+            let (db, log, flags) = (db.clone(), log.clone(), flags.clone());
+            let fsync = config.durability == Durability::Fsync;
+            std::thread::Builder::new()
+                .name("millgate-committer".into())
+                .spawn(move || committer(db, log, rx, flags, fsync))
+                .map_err(|e| StoreError::Sled(format!("cannot start committer thread: {e}")))?
+        };
+        let store = Self {
             inner: Arc::new(Inner {
-                jobs: db.open_tree("jobs")?,
-                events: db.open_tree("events")?,
                 quarantine: db.open_tree("quarantine")?,
-                queue: db.open_tree("queue")?,
                 dedup: db.open_tree("dedup")?,
                 dead: db.open_tree("dead_letters")?,
-                parked: db.open_tree("parked")?,
                 api_triggers: db.open_tree("api_triggers")?,
                 trigger_flags: db.open_tree("trigger_flags")?,
                 db,
+                log,
                 commits: tx,
-                dirty,
+                flags,
                 committer: Some(committer),
                 config: config.clone(),
             }),
-        })
+        };
+        store.after_replay(replayed)?;
+        store.migrate_legacy()?;
+        Ok(store)
+    }
+
+    /// Acts on what the job log's replay found: unreadable frames to the quarantine, dedup
+    /// entries lost with the lazy sled flush written again.
+    fn after_replay(&self, replayed: joblog::Replayed) -> Result<(), StoreError> {
+        for (what, bytes, reason) in replayed.unreadable {
+            self.quarantine_raw("joblog", what.as_bytes(), &bytes, &reason)?;
+        }
+        for (event_id, job_ids) in replayed.dedup {
+            if !self.inner.dedup.contains_key(event_id.as_bytes())? {
+                self.put_dedup_ids(&event_id, job_ids)?;
+            }
+        }
+        if replayed.damaged_bytes > 0 {
+            tracing::error!(
+                bytes = replayed.damaged_bytes,
+                "the job log had damaged bytes; the jobs in them are lost"
+            );
+        }
+        self.sled_written();
+        Ok(())
+    }
+
+    /// Marks sled writes the next [`Store::commit`] must make durable.
+    fn sled_written(&self) {
+        self.inner.flags.sled.store(true, Ordering::Release);
+    }
+
+    /// Makes sled writes made before this call durable (with whatever the log holds).
+    pub(crate) async fn commit_all(&self) -> Result<(), StoreError> {
+        self.sled_written();
+        self.commit().await
     }
 
     /// Waits until this is the last handle on the store (the others dropped), or `within` passes.
@@ -159,11 +204,11 @@ impl Store {
         true
     }
 
-    /// Has what was written before this call flushed within [`LAZY_FLUSH`], without waiting:
-    /// for records whose loss in a crash the source makes good (it redelivers), or that are
-    /// kept for observability only (a job's outcome, which runs again from the queue).
+    /// Has what was written before this call reach the disk within [`LAZY_FLUSH`], without
+    /// waiting: for records whose loss in a crash the source makes good (it redelivers), or
+    /// that are kept for observability only (a job's outcome, which runs again from the queue).
     pub fn commit_soon(&self) {
-        self.inner.dirty.store(true, Ordering::Release);
+        // The committer writes the job log every LAZY_FLUSH whether asked or not.
     }
 
     /// Waits until everything written before this call is on disk.
@@ -176,119 +221,27 @@ impl Store {
         rx.await.map_err(|_| StoreError::CommitterGone)?
     }
 
-    /// Writes new jobs (and the dedup entry of their event) and waits for them to be durable.
-    pub async fn enqueue(
-        &self,
-        records: &[JobRecord],
-        dedup_event_id: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.write_jobs(records, dedup_event_id, false)?;
-        self.commit().await
-    }
-
-    /// Stores an event once, under its id, for the jobs that refer to it (not flushed).
-    pub fn put_event(&self, event_id: &str, payload: &Value) -> Result<(), StoreError> {
-        let stored = StoredEvent {
-            received_at: Utc::now(),
-            payload: payload.clone(),
-        };
-        self.inner
-            .events
-            .insert(event_id.as_bytes(), encode(&stored)?)?;
-        Ok(())
-    }
-
-    /// The stored event of this id.
-    pub fn get_event(&self, event_id: &str) -> Result<Option<Value>, StoreError> {
-        let key = event_id.as_bytes();
-        match self.inner.events.get(key)? {
-            None => Ok(None),
-            Some(bytes) => Ok(self
-                .decode_or_quarantine::<StoredEvent>("events", &self.inner.events, key, &bytes)?
-                .map(|e| e.payload)),
-        }
-    }
-
-    /// Writes one event's jobs (queued, or parked) and its dedup entry without waiting for the
-    /// disk: the caller owns the [`Store::commit`] that makes them durable, so that a batch of
-    /// events shares one flush. Nothing may be acknowledged before that commit returns.
-    pub fn write_jobs(
-        &self,
-        records: &[JobRecord],
-        dedup_event_id: Option<&str>,
-        parked: bool,
-    ) -> Result<(), StoreError> {
-        // In this order: dedup entry, queue entries, job records. sled recovers a prefix of its
-        // writes, so after a torn flush a job record implies its queue entry (else it would
-        // never run) and its dedup entry (else a redelivery would be a second job); an entry
-        // without its records stands for nothing (`dedup_get`, `unfinished`). Found by
-        // tests/chaos.rs. (A sled transaction across the trees livelocked in `Log::reserve`
-        // under the Kafka load bench.)
-        if let Some(event_id) = dedup_event_id {
-            self.put_dedup(event_id, records)?;
-        }
-        for r in records {
-            if parked {
-                self.inner
-                    .parked
-                    .insert(parked_key(&r.trigger, r.job_id), &[])?;
-            } else {
-                self.inner.queue.insert(r.job_id.as_bytes(), &[])?;
-            }
-        }
-        for r in records {
-            self.put_job(r)?;
-        }
-        Ok(())
-    }
-
     fn put_dedup(&self, event_id: &str, records: &[JobRecord]) -> Result<(), StoreError> {
+        self.put_dedup_ids(event_id, records.iter().map(|r| r.job_id).collect())
+    }
+
+    fn put_dedup_ids(&self, event_id: &str, job_ids: Vec<JobId>) -> Result<(), StoreError> {
         let entry = DedupEntry {
-            job_ids: records.iter().map(|r| r.job_id).collect(),
+            job_ids,
             expires_at: Utc::now() + chrono_duration(self.inner.config.dedup_ttl),
         };
         self.inner
             .dedup
             .insert(event_id.as_bytes(), encode(&entry)?)?;
+        self.inner.flags.sled_lazy.store(true, Ordering::Release);
         Ok(())
     }
 
     pub fn remove_dead_letter(&self, id: JobId) -> Result<bool, StoreError> {
-        Ok(self.inner.dead.remove(id.as_bytes())?.is_some())
+        let removed = self.inner.dead.remove(id.as_bytes())?.is_some();
+        self.sled_written();
+        Ok(removed)
     }
-
-    /// Job records newest first, filtered, starting after `before` (exclusive). Returns the
-    /// page and the id to pass as `before` for the next one.
-    pub fn jobs_page(
-        &self,
-        trigger: Option<&str>,
-        status: Option<JobStatus>,
-        limit: usize,
-        before: Option<JobId>,
-    ) -> Result<(Vec<JobRecord>, Option<JobId>), StoreError> {
-        let iter = match before {
-            Some(b) => self.inner.jobs.range(..b.as_bytes().to_vec()),
-            None => self.inner.jobs.range::<Vec<u8>, _>(..),
-        };
-        let mut out = Vec::new();
-        for item in iter.rev() {
-            let (k, v) = item?;
-            let Some(r) = self.read_job(&k, &v, false)? else {
-                continue;
-            };
-            if trigger.is_some_and(|t| t != r.trigger) || status.is_some_and(|s| s != r.status) {
-                continue;
-            }
-            if out.len() == limit {
-                let next = out.last().map(|r: &JobRecord| r.job_id);
-                return Ok((out, next));
-            }
-            out.push(r);
-        }
-        Ok((out, None))
-    }
-
-    // ---- triggers added through the API, and operators' enable/suspend flags ----
 
     /// The jobs an event created, if it was seen within the dedup window.
     pub fn dedup_get(&self, event_id: &str) -> Result<Option<Vec<JobId>>, StoreError> {
@@ -307,149 +260,14 @@ impl Store {
         if Utc::now() - written > chrono::Duration::minutes(5) {
             return Ok(Some(entry.job_ids));
         }
-        for id in &entry.job_ids {
-            if self.inner.jobs.contains_key(id.as_bytes())? {
-                return Ok(Some(entry.job_ids));
-            }
+        if entry.job_ids.iter().any(|id| self.inner.log.contains(*id)) {
+            return Ok(Some(entry.job_ids));
         }
         tracing::debug!(
             event_id,
             "dedup entry without its jobs (torn write): a new event"
         );
         Ok(None)
-    }
-
-    /// A job record without its event (what the router and updates need).
-    pub fn job_without_event(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        match self.inner.jobs.get(id.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => self.read_job(id.as_bytes(), &bytes, false),
-        }
-    }
-
-    /// A job record with its event.
-    pub fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        match self.inner.jobs.get(id.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => self.read_job(id.as_bytes(), &bytes, true),
-        }
-    }
-
-    /// Decodes a job record (quarantined when it cannot be), with its event when asked.
-    fn read_job(
-        &self,
-        key: &[u8],
-        bytes: &[u8],
-        with_event: bool,
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let record: Option<JobRecord> =
-            self.decode_or_quarantine("jobs", &self.inner.jobs, key, bytes)?;
-        let Some(mut record) = record else {
-            return Ok(None);
-        };
-        // Records written before events were stored on their own carry their event inline.
-        if with_event && record.event.is_null() {
-            record.event = self.get_event(&record.event_id)?.unwrap_or_default();
-        }
-        Ok(Some(record))
-    }
-
-    /// Writes a job record (without its event, which is stored once under its id).
-    pub fn put_job(&self, record: &JobRecord) -> Result<(), StoreError> {
-        // A record of an older version carried its event inline: keep the event when the record
-        // is rewritten without it.
-        if !record.event.is_null() && !self.inner.events.contains_key(&record.event_id)? {
-            self.put_event(&record.event_id, &record.event)?;
-        }
-        self.inner
-            .jobs
-            .insert(record.job_id.as_bytes(), encode(record)?)?;
-        Ok(())
-    }
-
-    /// Applies `f` to a stored job record and writes it back (not flushed).
-    pub fn update_job(
-        &self,
-        id: JobId,
-        f: impl FnOnce(&mut JobRecord),
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let Some(mut record) = self.job_without_event(id)? else {
-            return Ok(None);
-        };
-        f(&mut record);
-        self.put_job(&record)?;
-        Ok(Some(record))
-    }
-
-    /// Marks a job finished and takes it off the durable queue (not flushed: call `commit`
-    /// before acknowledging the source).
-    pub fn finish(
-        &self,
-        id: JobId,
-        status: JobStatus,
-        result: Option<Value>,
-        error: Option<String>,
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let record = self.update_job(id, |r| r.finish(status, result, error.clone()))?;
-        if status == JobStatus::DeadLettered {
-            if let Some(r) = &record {
-                let dl = DeadLetter {
-                    job_id: r.job_id,
-                    trigger: r.trigger.clone(),
-                    runnable: r.runnable.clone(),
-                    error: error.unwrap_or_default(),
-                    attempts: r.attempts,
-                    dead_lettered_at: Utc::now(),
-                };
-                self.inner.dead.insert(id.as_bytes(), encode(&dl)?)?;
-            }
-        }
-        self.inner.queue.remove(id.as_bytes())?;
-        Ok(record)
-    }
-
-    /// Records a finished job from the caller's copy, which is authoritative (the router's:
-    /// no read-back), and takes it off the durable queue; a dead-lettered one joins the dead
-    /// letters. Not flushed.
-    pub fn finish_record(&self, record: &JobRecord) -> Result<(), StoreError> {
-        self.put_job(record)?;
-        if record.status == JobStatus::DeadLettered {
-            let dl = DeadLetter {
-                job_id: record.job_id,
-                trigger: record.trigger.clone(),
-                runnable: record.runnable.clone(),
-                error: record.error.clone().unwrap_or_default(),
-                attempts: record.attempts,
-                dead_lettered_at: record.finished_at.unwrap_or_else(Utc::now),
-            };
-            self.inner
-                .dead
-                .insert(record.job_id.as_bytes(), encode(&dl)?)?;
-        }
-        self.inner.queue.remove(record.job_id.as_bytes())?;
-        Ok(())
-    }
-
-    /// Jobs that were accepted but never finished, oldest first (to dispatch again on start).
-    pub fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.queue.iter() {
-            let (key, _) = item?;
-            let Some(id) = JobId::from_slice(&key) else {
-                continue;
-            };
-            match self.job_without_event(id)? {
-                Some(r) if !r.status.is_final() => out.push(r),
-                Some(_) => {
-                    self.inner.queue.remove(&key)?;
-                }
-                None => {
-                    tracing::error!(job_id = %id, "queued job has no record; dropping queue entry");
-                    self.inner.queue.remove(&key)?;
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Dead letters, newest first.
@@ -463,70 +281,68 @@ impl Store {
         Ok(out)
     }
 
-    /// Job records with their events, newest first, optionally only one trigger's.
-    pub fn jobs(&self, trigger: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.jobs.iter().rev() {
-            let (k, v) = item?;
-            let Some(r) = self.read_job(&k, &v, true)? else {
-                continue;
-            };
-            if trigger.is_none_or(|t| t == r.trigger) {
-                out.push(r);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn queue_depth(&self) -> usize {
-        self.inner.queue.len()
-    }
-
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0) + self.inner.log.size_on_disk()
     }
 }
 
 /// How long a write that nobody waits for ([`Store::commit_soon`]) may stay off the disk.
 const LAZY_FLUSH: Duration = Duration::from_millis(100);
 
-fn committer(db: sled::Db, rx: mpsc::Receiver<Waiter>, dirty: Arc<AtomicBool>) {
+/// Writes (and syncs) what was appended and nobody waits for, and flushes sled's lazy writes.
+fn lazy_flush(db: &sled::Db, log: &JobLog, flags: &Dirty) {
+    if let Err(e) = log.write_pending(true) {
+        tracing::error!(error = %e, "job log write failed");
+    }
+    let sled_dirty = flags.sled_lazy.swap(false, Ordering::AcqRel);
+    if (flags.sled.swap(false, Ordering::AcqRel) || sled_dirty) && db.flush().is_err() {
+        tracing::error!("store flush failed");
+    }
+}
+
+fn committer(
+    db: sled::Db,
+    log: Arc<JobLog>,
+    rx: mpsc::Receiver<Waiter>,
+    flags: Arc<Dirty>,
+    fsync: bool,
+) {
+    let mut last_lazy = std::time::Instant::now();
     loop {
         let first = match rx.recv_timeout(LAZY_FLUSH) {
             Ok(w) => w,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if dirty.swap(false, Ordering::AcqRel) {
-                    if let Err(e) = db.flush() {
-                        tracing::error!(error = %e, "store flush failed");
-                    }
-                }
+                lazy_flush(&db, &log, &flags);
+                last_lazy = std::time::Instant::now();
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if dirty.load(Ordering::Acquire) {
-                    let _ = db.flush();
-                }
+                lazy_flush(&db, &log, &flags);
                 return;
             }
         };
-        // Whatever was written before this flush starts is in it.
-        dirty.store(false, Ordering::Release);
         let mut batch = vec![first];
         while let Ok(w) = rx.try_recv() {
             batch.push(w);
         }
-        let result = db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| StoreError::Sled(e.to_string()));
+        // Whatever was appended before this write starts is in it.
+        let mut result = log.write_pending(fsync);
+        if result.is_ok() && flags.sled.swap(false, Ordering::AcqRel) {
+            result = db
+                .flush()
+                .map(|_| ())
+                .map_err(|e| StoreError::Sled(e.to_string()));
+        }
         if let Err(e) = &result {
-            tracing::error!(error = %e, writers = batch.len(), "store flush failed");
+            tracing::error!(error = %e, writers = batch.len(), "store write failed");
         }
         for w in batch {
             let _ = w.send(result.clone());
+        }
+        // Under steady load the timeout never fires: lazy writes and `os` syncs still happen.
+        if last_lazy.elapsed() >= LAZY_FLUSH {
+            lazy_flush(&db, &log, &flags);
+            last_lazy = std::time::Instant::now();
         }
     }
 }

@@ -41,7 +41,7 @@ struct Entry {
 
 /// Names a key for people: 16-byte keys of job trees are job ids, the rest is text.
 fn key_text(tree: &str, key: &[u8]) -> String {
-    if matches!(tree, "jobs" | "queue" | "dead_letters") && key.len() == 16 {
+    if matches!(tree, "jobs" | "queue" | "dead_letters" | "parked") && key.len() == 16 {
         if let Ok(id) = uuid::Uuid::from_slice(key) {
             return id.to_string();
         }
@@ -76,6 +76,19 @@ impl Store {
         bytes: &[u8],
         error: &str,
     ) -> Result<(), StoreError> {
+        self.quarantine_raw(tree_name, key, bytes, error)?;
+        tree.remove(key)?;
+        Ok(())
+    }
+
+    /// Keeps a record in the quarantine (the caller removes it from where it was).
+    pub(super) fn quarantine_raw(
+        &self,
+        tree_name: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+        error: &str,
+    ) -> Result<(), StoreError> {
         let id = self.inner.db.generate_id()?;
         let record = QuarantinedRecord {
             id,
@@ -100,7 +113,7 @@ impl Store {
         self.inner
             .quarantine
             .insert(id.to_be_bytes(), encode(&entry)?)?;
-        tree.remove(key)?;
+        self.sled_written();
         crate::model::metrics::record_quarantined(tree_name);
         Ok(())
     }
@@ -125,6 +138,8 @@ impl Store {
 
     /// Deletes a quarantined record for good. Returns whether it existed.
     pub fn drop_quarantined(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.inner.quarantine.remove(id.to_be_bytes())?.is_some())
+        let removed = self.inner.quarantine.remove(id.to_be_bytes())?.is_some();
+        self.sled_written();
+        Ok(removed)
     }
 }

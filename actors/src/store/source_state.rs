@@ -110,7 +110,7 @@ impl Store {
                 Ok(next)
             })
             .map_err(storage)?;
-        self.commit().await.map_err(Refusal::Store)?;
+        self.commit_all().await.map_err(Refusal::Store)?;
         Ok(written)
     }
 

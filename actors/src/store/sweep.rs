@@ -1,16 +1,16 @@
-//! The sweeper: expired dedup entries, finished jobs past `job_retention` / `max_jobs`, and\n//! events no job refers to any more.
+//! The sweeper: expired dedup entries, finished jobs past `job_retention` / `max_jobs` (and
+//! the events only they referred to), then the job log's segments nothing refers to.
 
 use super::*;
 
-/// Events younger than this are kept by the sweep even when no job refers to them yet: their
-/// jobs may be being written at that very moment.
-pub(super) const EVENT_SWEEP_GRACE: Duration = Duration::from_secs(600);
+/// How often the sweeper checks whether the log's index outgrew `max_jobs`.
+const SWEEP_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub jobs_removed: usize,
     pub dedup_removed: usize,
-    pub events_removed: usize,
+    pub segments_removed: usize,
 }
 
 impl Store {
@@ -29,46 +29,50 @@ impl Store {
                 report.dedup_removed += 1;
             }
         }
-        let cutoff = now - chrono_duration(self.inner.config.job_retention);
+        if report.dedup_removed > 0 {
+            self.inner.flags.sled_lazy.store(true, Ordering::Release);
+        }
+        let jobs = self.sweep_jobs()?;
+        report.jobs_removed = jobs.jobs_removed;
+        report.segments_removed = jobs.segments_removed;
+        Ok(report)
+    }
+
+    /// Whether the log holds so many more finished jobs than `max_jobs` that the sweep should
+    /// not wait for its minute (the index is in memory: a fast source fills it quickly).
+    fn over_max_jobs(&self) -> bool {
+        let max = self.inner.config.max_jobs;
+        let finished = self
+            .inner
+            .log
+            .len()
+            .saturating_sub(self.inner.log.unfinished_count());
+        finished > max.saturating_add(max / 4).max(max.saturating_add(10_000))
+    }
+
+    /// Finished jobs past retention leave the log's index, then the segments nothing refers to go.
+    pub fn sweep_jobs(&self) -> Result<SweepReport, StoreError> {
+        let now = Utc::now();
+        let mut report = SweepReport::default();
+        let cutoff = (now - chrono_duration(self.inner.config.job_retention)).timestamp_millis();
         let mut finished = Vec::new();
-        // Events still referred to by a job that stays.
-        let mut referenced: HashMap<String, bool> = HashMap::new();
-        for item in self.inner.jobs.iter() {
-            let (k, v) = item?;
-            let Some(r) = self.read_job(&k, &v, false)? else {
-                continue;
-            };
-            if matches!(r.status, JobStatus::Succeeded | JobStatus::Cancelled)
-                || (r.status == JobStatus::DeadLettered && !self.inner.dead.contains_key(&k)?)
+        for (id, e) in self.inner.log.scan(|e| e.status.is_final()) {
+            if e.status != JobStatus::DeadLettered
+                || !self.inner.dead.contains_key(id.as_bytes())?
             {
-                finished.push((k, r.finished_at.unwrap_or(r.created_at), r.event_id));
-            } else {
-                referenced.insert(r.event_id, true);
+                finished.push((id, e.finished_ms));
             }
         }
         let over = finished.len().saturating_sub(self.inner.config.max_jobs);
-        for (i, (k, finished_at, event_id)) in finished.into_iter().enumerate() {
-            if i < over || finished_at < cutoff {
-                self.inner.jobs.remove(k)?;
-                report.jobs_removed += 1;
-            } else {
-                referenced.insert(event_id, true);
-            }
-        }
-        let grace_cutoff = now - chrono_duration(EVENT_SWEEP_GRACE);
-        for item in self.inner.events.iter() {
-            let (k, v) = item?;
-            if referenced.contains_key(String::from_utf8_lossy(&k).as_ref()) {
-                continue;
-            }
-            let old = self
-                .decode_or_quarantine::<StoredEvent>("events", &self.inner.events, &k, &v)?
-                .is_some_and(|e| e.received_at < grace_cutoff);
-            if old {
-                self.inner.events.remove(k)?;
-                report.events_removed += 1;
-            }
-        }
+        let evicted: Vec<JobId> = finished
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (_, finished_ms))| *i < over || *finished_ms <= cutoff)
+            .map(|(_, (id, _))| id)
+            .collect();
+        report.jobs_removed = evicted.len();
+        self.inner.log.forget(&evicted)?;
+        report.segments_removed = self.inner.log.drop_segments()?;
         Ok(report)
     }
 
@@ -76,18 +80,33 @@ impl Store {
     pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(SWEEP_CHECK.min(every));
             tick.tick().await;
+            let mut last_full = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let store = Store { inner };
-                match tokio::task::spawn_blocking(move || store.sweep()).await {
-                    Ok(Ok(r)) if r.jobs_removed + r.dedup_removed + r.events_removed > 0 => {
+                let full = last_full.elapsed() >= every;
+                if !full && !store.over_max_jobs() {
+                    continue;
+                }
+                if full {
+                    last_full = tokio::time::Instant::now();
+                }
+                let sweep = move || {
+                    if full {
+                        store.sweep()
+                    } else {
+                        store.sweep_jobs()
+                    }
+                };
+                match tokio::task::spawn_blocking(sweep).await {
+                    Ok(Ok(r)) if r.jobs_removed + r.dedup_removed + r.segments_removed > 0 => {
                         tracing::info!(
                             jobs = r.jobs_removed,
                             dedup = r.dedup_removed,
-                            events = r.events_removed,
+                            segments = r.segments_removed,
                             "store sweep"
                         )
                     }

@@ -1,7 +1,6 @@
 //! The store's own tests: durability across reopen, sweeping, parking, quarantine, and the
 //! round trip of everything the JSON limits accept.
 
-use super::sweep::EVENT_SWEEP_GRACE;
 use super::*;
 use serde_json::json;
 
@@ -140,7 +139,9 @@ async fn an_event_is_stored_once_for_all_its_jobs_and_swept_after_them() {
     let jobs: Vec<_> = (0..3).map(|_| record("t")).collect();
     s.put_event("e1", &event).unwrap();
     s.enqueue(&jobs, None).await.unwrap();
-    assert_eq!(s.inner.events.len(), 1);
+    let frames = joblog::frames(&dir.path().join("db/joblog")).unwrap();
+    let events = frames.iter().filter(|f| f.0 == joblog::frame::KIND_EVENT);
+    assert_eq!(events.count(), 1);
     for j in &jobs {
         assert_eq!(s.get_job(j.job_id).unwrap().unwrap().event, event);
         assert!(s
@@ -150,43 +151,137 @@ async fn an_event_is_stored_once_for_all_its_jobs_and_swept_after_them() {
             .event
             .is_null());
         // What is written to disk has no copy of the event.
-        let raw = s.inner.jobs.get(j.job_id.as_bytes()).unwrap().unwrap();
+        let raw = s.inner.log.read_job(j.job_id).unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("items"));
     }
     for j in &jobs {
         s.finish(j.job_id, JobStatus::Succeeded, None, None)
             .unwrap();
     }
-    // Retention zero: the jobs go, the event stays within its grace period...
+    // Retention zero: the jobs go, and the event with its last job.
     assert_eq!(s.sweep().unwrap().jobs_removed, 3);
-    assert_eq!(s.inner.events.len(), 1);
-    // ...and goes once it is older than that with no job left.
-    let old = StoredEvent {
-        received_at: Utc::now() - chrono_duration(EVENT_SWEEP_GRACE * 2),
-        payload: event,
-    };
-    s.inner.events.insert("e1", encode(&old).unwrap()).unwrap();
-    assert_eq!(s.sweep().unwrap().events_removed, 1);
+    assert!(!s.inner.log.has_event("e1"));
+    assert_eq!(s.get_job(jobs[0].job_id).unwrap(), None);
 }
 
 #[tokio::test]
-async fn a_record_of_an_earlier_version_keeps_its_inline_event() {
+async fn finished_jobs_past_max_jobs_free_their_segments_and_stay_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store(&dir);
-    let r = record("t");
-    let mut old = serde_json::to_value(&r).unwrap();
-    old["event"] = json!({"kind": "webhook", "body": {"x": 1}});
-    s.inner
-        .jobs
-        .insert(r.job_id.as_bytes(), serde_json::to_vec(&old).unwrap())
-        .unwrap();
-    s.inner.queue.insert(r.job_id.as_bytes(), &[]).unwrap();
-    s.finish(r.job_id, JobStatus::Succeeded, None, None)
-        .unwrap();
+    let config = StoreConfig {
+        path: dir.path().join("db"),
+        max_jobs: 10,
+        ..Default::default()
+    };
+    let mut parked = record("p");
+    parked.status = JobStatus::Parked;
+    parked.event_id = "p".into();
+    {
+        let s = Store::open_with_segments(&config, 8192).unwrap();
+        s.put_event("p", &json!({"p": 1})).unwrap();
+        s.park(std::slice::from_ref(&parked), None).await.unwrap();
+        for i in 0..300 {
+            let r = JobRecord::new("t", "webhook", "r", &format!("e{i}"), json!({"i": i}), None);
+            s.put_event(&r.event_id, &json!({"body": i})).unwrap();
+            s.enqueue(std::slice::from_ref(&r), None).await.unwrap();
+            s.finish(r.job_id, JobStatus::Succeeded, Some(json!(i)), None)
+                .unwrap();
+        }
+        s.commit().await.unwrap();
+        let before = s.size_on_disk();
+        let report = s.sweep().unwrap();
+        assert_eq!(report.jobs_removed, 290);
+        assert!(report.segments_removed > 5, "{report:?}");
+        assert!(
+            s.size_on_disk() < before,
+            "{} >= {before}",
+            s.size_on_disk()
+        );
+    }
+    let s = Store::open_with_segments(&config, 8192).unwrap();
+    let (jobs, _) = s.jobs_page(Some("t"), None, 100, None).unwrap();
+    assert_eq!(jobs.len(), 10);
+    assert_eq!(jobs[0].result, Some(json!(299)));
     assert_eq!(
-        s.get_job(r.job_id).unwrap().unwrap().event["body"]["x"],
-        json!(1)
+        s.get_job(jobs[9].job_id).unwrap().unwrap().event,
+        json!({"body": 290})
     );
+    // The parked job was carried forward out of the dropped segments.
+    assert_eq!(s.parked_count("p"), 1);
+    assert_eq!(
+        s.get_job(parked.job_id).unwrap().unwrap().event,
+        json!({"p": 1})
+    );
+}
+
+#[tokio::test]
+async fn os_durability_writes_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        path: dir.path().join("db"),
+        durability: crate::model::settings::Durability::Os,
+        ..Default::default()
+    };
+    let r = record("t");
+    {
+        let s = Store::open(&config).unwrap();
+        s.enqueue(std::slice::from_ref(&r), Some("ev"))
+            .await
+            .unwrap();
+        // What a kill -9 leaves: the files as written, whatever is still in memory lost.
+        let frames = joblog::frames(&dir.path().join("db/joblog")).unwrap();
+        assert!(frames.iter().any(|f| f.0 == joblog::frame::KIND_JOB));
+    }
+    let s = Store::open(&config).unwrap();
+    assert_eq!(s.unfinished().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn records_of_an_earlier_version_move_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queued, done) = (record("t"), record("t"));
+    {
+        // What an earlier version left: records in sled trees, one with its event inline.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let jobs = db.open_tree("jobs").unwrap();
+        let mut old = serde_json::to_value(&queued).unwrap();
+        old["event"] = json!({"kind": "webhook", "body": {"x": 1}});
+        jobs.insert(queued.job_id.as_bytes(), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let mut finished = done.clone();
+        finished.finish(JobStatus::Succeeded, Some(json!(7)), None);
+        jobs.insert(
+            done.job_id.as_bytes(),
+            serde_json::to_vec(&finished).unwrap(),
+        )
+        .unwrap();
+        jobs.insert(JobId::new().as_bytes(), &b"{not json"[..])
+            .unwrap();
+        db.open_tree("queue")
+            .unwrap()
+            .insert(queued.job_id.as_bytes(), &[])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let s = store(&dir);
+        let left: Vec<_> = s.unfinished().unwrap().iter().map(|r| r.job_id).collect();
+        assert_eq!(left, vec![queued.job_id]);
+        assert_eq!(
+            s.get_job(queued.job_id).unwrap().unwrap().event["body"]["x"],
+            json!(1)
+        );
+        assert_eq!(
+            s.get_job(done.job_id).unwrap().unwrap().result,
+            Some(json!(7))
+        );
+        assert_eq!(s.quarantine_len(), 1);
+        assert!(!s
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"jobs"));
+    }
 }
 
 #[tokio::test]
@@ -207,13 +302,20 @@ async fn undecodable_records_are_quarantined_and_the_rest_goes_on() {
         );
         assert!(deep.len() > 400);
         s.inner
-            .jobs
-            .insert(bad.as_bytes(), deep.as_bytes())
+            .log
+            .append_job(joblog::JobFrame {
+                job_id: bad,
+                status: JobStatus::Queued,
+                dedup: false,
+                finished_ms: 0,
+                trigger: "t",
+                event_id: "e1",
+                json: deep.as_bytes(),
+            })
             .unwrap();
-        s.inner.queue.insert(bad.as_bytes(), &[]).unwrap();
         s.inner.dedup.insert("ev2", &b"not json"[..]).unwrap();
         s.inner.api_triggers.insert("broken", &b"{"[..]).unwrap();
-        s.commit().await.unwrap();
+        s.commit_all().await.unwrap();
     }
     let s = store(&dir);
     let left: Vec<_> = s.unfinished().unwrap().iter().map(|r| r.job_id).collect();
@@ -335,7 +437,7 @@ fn a_dedup_entry_without_its_jobs_is_a_new_event() {
     let r = record("t");
     s.put_dedup("torn", std::slice::from_ref(&r)).unwrap();
     assert_eq!(s.dedup_get("torn").unwrap(), None);
-    s.write_jobs(std::slice::from_ref(&r), Some("torn"), false)
+    s.write_jobs(std::slice::from_ref(&r), Some("torn"))
         .unwrap();
     assert_eq!(s.dedup_get("torn").unwrap(), Some(vec![r.job_id]));
 }
