@@ -243,8 +243,13 @@ impl Store {
         Ok(removed)
     }
 
-    /// The jobs an event created, if it was seen within the dedup window.
+    /// The jobs an event created, if it was seen within the dedup window, or if its jobs are
+    /// still in the job log (which is the whole window for sources that redeliver: see
+    /// the intake's `stage`).
     pub fn dedup_get(&self, event_id: &str) -> Result<Option<Vec<JobId>>, StoreError> {
+        if let Some(ids) = self.inner.log.event_jobs(event_id) {
+            return Ok(Some(ids));
+        }
         let (tree, key) = (&self.inner.dedup, event_id.as_bytes());
         let Some(bytes) = tree.get(key)? else {
             return Ok(None);

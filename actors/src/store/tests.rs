@@ -441,3 +441,25 @@ fn a_dedup_entry_without_its_jobs_is_a_new_event() {
         .unwrap();
     assert_eq!(s.dedup_get("torn").unwrap(), Some(vec![r.job_id]));
 }
+
+/// Sources that redeliver keep no sled dedup entry: the job log's retained jobs answer a
+/// redelivery, across a restart too.
+#[tokio::test]
+async fn an_event_whose_jobs_are_in_the_log_is_a_duplicate_without_a_dedup_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<_> = (0..3)
+        .map(|_| JobRecord::new("t", "kafka", "r", "topic/0/42", json!({}), None))
+        .collect();
+    let ids: Vec<_> = jobs.iter().map(|r| r.job_id).collect();
+    {
+        let s = store(&dir);
+        assert_eq!(s.dedup_get("topic/0/42").unwrap(), None);
+        s.put_event("topic/0/42", &json!({"offset": 42})).unwrap();
+        s.enqueue(&jobs, None).await.unwrap();
+        assert_eq!(s.dedup_get("topic/0/42").unwrap(), Some(ids.clone()));
+        assert!(s.inner.dedup.is_empty());
+    }
+    let s = store(&dir);
+    assert_eq!(s.dedup_get("topic/0/42").unwrap(), Some(ids));
+    assert_eq!(s.dedup_get("topic/0/43").unwrap(), None);
+}

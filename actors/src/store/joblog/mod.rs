@@ -71,6 +71,8 @@ struct EventEntry {
     at: Ref,
     /// Jobs in the index that came from this event.
     jobs: u32,
+    /// The first of them (an event's jobs are written together: the rest follow it by id).
+    first: Option<JobId>,
 }
 
 struct Segment {
@@ -332,6 +334,21 @@ impl JobLog {
         self.lock().events.contains_key(id)
     }
 
+    /// The jobs in the index that came from this event (none when it is not in the log).
+    pub fn event_jobs(&self, event_id: &str) -> Option<Vec<JobId>> {
+        let st = self.lock();
+        let ev = st.events.get(event_id)?;
+        let first = ev.first?;
+        let ids: Vec<JobId> = st
+            .index
+            .range(first..)
+            .filter(|(_, e)| *e.event_id == *event_id)
+            .take(ev.jobs as usize)
+            .map(|(id, _)| *id)
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    }
+
     /// The JSON of a job's newest record.
     pub fn read_job(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(at) = self.lock().index.get(&id).map(|e| e.at) else {
@@ -477,8 +494,14 @@ impl State {
             self.moved(old, at);
             return;
         }
-        self.events
-            .insert(Arc::from(id), EventEntry { at, jobs: 0 });
+        self.events.insert(
+            Arc::from(id),
+            EventEntry {
+                at,
+                jobs: 0,
+                first: None,
+            },
+        );
         self.addref(at);
     }
 
@@ -509,6 +532,7 @@ impl State {
         };
         if let Some(ev) = self.events.get_mut(&event_id) {
             ev.jobs += 1;
+            ev.first = Some(ev.first.map_or(id, |f| f.min(id)));
         }
         self.index.insert(
             id,
