@@ -257,6 +257,11 @@ pub fn unique(prefix: &str) -> String {
 pub const ADMIN_TOKEN: &str = "bench-admin";
 /// In [`Millgate::start_env`]'s `env`: the path of another millgate binary to run.
 pub const BIN_OVERRIDE: &str = "MILLGATE_BENCH_BIN";
+/// Pseudo environment variable: run with the default `[store] max_jobs` (100,000 finished jobs
+/// kept) instead of keeping every job for the scenario to count from the store. The broker
+/// scenarios count from the trigger's counters, so they run as a user would: with memory
+/// bounded by retention.
+pub const DEFAULT_RETENTION: &str = "MILLGATE_BENCH_DEFAULT_RETENTION";
 pub const HOOK_TOKEN: &str = "bench-token";
 
 /// `target/release/millgate run --config <dir>/millgate.toml`, its store in `<dir>/data`, its
@@ -297,10 +302,15 @@ token = "{ADMIN_TOKEN}"
 
 [store]
 path = "{data}"
-max_jobs = 100000000
+{max_jobs}
 
 {body}"#,
             data = dir.path().join("data").display(),
+            max_jobs = if env.iter().any(|(k, _)| *k == DEFAULT_RETENTION) {
+                ""
+            } else {
+                "max_jobs = 100000000"
+            },
             body = body.replace("{DIR}", &dir.path().display().to_string()),
         );
         let config = dir.path().join("millgate.toml");
@@ -314,7 +324,9 @@ max_jobs = 100000000
             .find(|(k, _)| *k == BIN_OVERRIDE)
             .map(|(_, v)| *v)
             .unwrap_or(env!("CARGO_BIN_EXE_millgate"));
-        let env = env.iter().filter(|(k, _)| *k != BIN_OVERRIDE);
+        let env = env
+            .iter()
+            .filter(|(k, _)| *k != BIN_OVERRIDE && *k != DEFAULT_RETENTION);
         let child = die_with_parent(&mut Command::new(program))
             .args(["run", "--config"])
             .arg(&config)

@@ -233,7 +233,13 @@ group_id = "{mg_group}"
 auto_offset_reset = "earliest"
 "#
     );
-    let m = Millgate::start(ctx, "kafka", &config).await?;
+    let m = Millgate::start_env(
+        ctx,
+        "kafka",
+        &config,
+        &[(crate::harness::DEFAULT_RETENTION, "1")],
+    )
+    .await?;
     m.wait_running("kafka").await?;
     let t0 = Instant::now();
     let t1 = wait_committed(topic, &mg_group, &ends, Duration::from_secs(1800)).await?;
@@ -270,7 +276,7 @@ auto_offset_reset = "earliest"
         String::new(),
     ]);
     r.note(format!(
-        "preload {preload_secs:.1} s; millgate read {received} messages, {duplicate} of them an offset it had already read (deduplicated), {succeeded} jobs succeeded; peak RSS {} MiB",
+        "preload {preload_secs:.1} s; millgate read {received} messages, {duplicate} of them an offset it had already read (deduplicated), {succeeded} jobs succeeded; peak RSS {} MiB (default retention: max_jobs 100000)",
         hwm_kb.map(|k| k / 1024).unwrap_or(0)
     ));
     if duplicate > 0 {

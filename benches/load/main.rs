@@ -14,6 +14,7 @@
 //! | `kafka` | 3 | 1M messages of 256 B on 4 partitions (tansu): kafka trigger → echo vs raw rdkafka consumer |
 //! | `mqtt` | 4 | QoS 1, manual acks: mqtt trigger → echo vs raw rumqttc subscriber |
 //! | `latency` | 5 | 1,000 webhook events/s for 10 s: send → runner start, → completion |
+//! | `latency10k` | 5b | the same at 10,000 events/s |
 //! | `footprint` | 6 | RSS with 0 / 1,000 / 10,000 webhook triggers, 100 NATS triggers |
 //! | `spawn` | 7 | `true` as a command runnable at runner pool sizes 1, 2, 8 vs raw spawns |
 //!
@@ -48,6 +49,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("kafka", "3. Kafka -> noop vs raw rdkafka consumer"),
     ("mqtt", "4. MQTT QoS 1 -> noop vs raw rumqttc subscriber"),
     ("latency", "5. latency at 1,000 webhook events/s"),
+    ("latency10k", "5b. latency at 10,000 webhook events/s"),
     ("footprint", "6. idle footprint (RSS)"),
     ("spawn", "7. command runnable spawn rate"),
 ];
@@ -58,7 +60,8 @@ async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
         "nats" => nats::run(ctx).await,
         "kafka" => kafka::run(ctx).await,
         "mqtt" => mqtt::run(ctx).await,
-        "latency" => webhook::latency(ctx).await,
+        "latency" => webhook::latency(ctx, 1000).await,
+        "latency10k" => webhook::latency(ctx, 10_000).await,
         "footprint" => footprint::run(ctx).await,
         "spawn" => spawn::run(ctx).await,
         other => Err(format!("unknown scenario `{other}`")),

@@ -175,7 +175,13 @@ clean_session = false
 subscriptions = [{{ topic = "{topic}", qos = 1 }}]
 "#
     );
-    let m = Millgate::start(ctx, "mqtt", &config).await?;
+    let m = Millgate::start_env(
+        ctx,
+        "mqtt",
+        &config,
+        &[(crate::harness::DEFAULT_RETENTION, "1")],
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let t0 = loop {
         // Polled from the start: the session's messages flow right after the connection.

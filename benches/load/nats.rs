@@ -188,7 +188,13 @@ servers = ["{addr}"]
 jetstream = {{ stream = "{name}", consumer = "millgate_bench" }}
 "#
     );
-    let m = Millgate::start(ctx, "nats", &config).await?;
+    let m = Millgate::start_env(
+        ctx,
+        "nats",
+        &config,
+        &[(crate::harness::DEFAULT_RETENTION, "1")],
+    )
+    .await?;
     let t0 = wait_consumer(stream, "millgate_bench").await?;
     let cpu0 = cpu_secs(m.pid());
     let t1 = wait_acked(stream, "millgate_bench", last, Duration::from_secs(900)).await?;
@@ -226,7 +232,7 @@ jetstream = {{ stream = "{name}", consumer = "millgate_bench" }}
     ]);
     r.note("CPU us/msg: the consuming process's CPU (the bench for the raw client, millgate) per message; the broker's is not counted");
     r.note(format!(
-        "preload {preload_secs:.1} s; millgate jobs succeeded {succeeded} of {n}; peak RSS {} MiB",
+        "preload {preload_secs:.1} s; millgate jobs succeeded {succeeded} of {n}; peak RSS {} MiB (default retention)",
         hwm_kb.map(|k| k / 1024).unwrap_or(0)
     ));
     r.figures = json!({
