@@ -92,6 +92,7 @@ impl FromStr for JobStatus {
 /// One step of a job's journey through the actors, for the job's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub at: DateTime<Utc>,
     /// `queued`, `parked`, `released`, `started`, `failed`, `retry_scheduled`, `succeeded`,
     /// `dead_lettered`, `cancelled`.
@@ -126,10 +127,11 @@ pub struct JobRecord {
     pub result: Option<Value>,
     #[serde(default)]
     pub error: Option<String>,
+    #[serde(serialize_with = "super::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::rfc3339::serialize_option")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::rfc3339::serialize_option")]
     pub finished_at: Option<DateTime<Utc>>,
     /// The job this one replays (`POST /api/jobs/{id}/replay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

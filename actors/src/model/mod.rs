@@ -11,4 +11,5 @@ pub mod hints;
 pub mod job;
 pub mod json;
 pub mod metrics;
+pub mod rfc3339;
 pub mod settings;

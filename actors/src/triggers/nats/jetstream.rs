@@ -245,9 +245,8 @@ async fn settle_later(
 }
 
 async fn send_ack(acker: &jetstream::message::Acker, kind: AckKind, what: &str) {
-    let label = format!("{kind:?}");
     if let Err(e) = acker.ack_with(kind).await {
         // The server redelivers after ack_wait; dedup turns that into an ack.
-        tracing::warn!(ack = %label, what, error = %e, "could not send JetStream ack");
+        tracing::warn!(ack = ?kind, what, error = %e, "could not send JetStream ack");
     }
 }
