@@ -11,8 +11,8 @@ impl Store {
         records: &[JobRecord],
         dedup_event_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.write_jobs(records, dedup_event_id)?;
-        self.commit().await
+        // Parked is the records' status: writing them is enqueueing them.
+        self.enqueue(records, dedup_event_id).await
     }
 
     fn parked_ids(&self, trigger: &str) -> Vec<JobId> {

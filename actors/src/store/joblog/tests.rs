@@ -17,6 +17,22 @@ fn job(log: &JobLog, id: JobId, status: JobStatus, event: &str, json: &str) {
     .unwrap();
 }
 
+/// One event and a queued job per id, written, in a log that is closed again.
+fn write_queued(dir: &Path, ids: &[JobId]) {
+    let (log, _) = JobLog::open(dir, SEGMENT_BYTES).unwrap();
+    log.append_event("e", b"{}").unwrap();
+    for id in ids {
+        job(
+            &log,
+            *id,
+            JobStatus::Queued,
+            "e",
+            r#"{"pad":"xxxxxxxxxxxxxxxxxxxx"}"#,
+        );
+    }
+    log.write_pending(true).unwrap();
+}
+
 fn segs(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -61,20 +77,7 @@ fn replay_rebuilds_the_index_and_the_dedup_entries() {
 fn a_torn_tail_is_cut_and_damage_in_older_segments_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<JobId> = (0..6).map(|_| JobId::new()).collect();
-    {
-        let (log, _) = JobLog::open(dir.path(), SEGMENT_BYTES).unwrap();
-        log.append_event("e", b"{}").unwrap();
-        for id in &ids {
-            job(
-                &log,
-                *id,
-                JobStatus::Queued,
-                "e",
-                r#"{"pad":"xxxxxxxxxxxxxxxxxxxx"}"#,
-            );
-        }
-        log.write_pending(true).unwrap();
-    }
+    write_queued(dir.path(), &ids);
     let name = segs(dir.path()).into_iter().last().unwrap();
     let path = dir.path().join(&name);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -91,20 +94,7 @@ fn a_torn_tail_is_cut_and_damage_in_older_segments_is_skipped() {
     }
     // Damage in an older segment: only the bad frame is lost.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (log, _) = JobLog::open(dir.path(), SEGMENT_BYTES).unwrap();
-        log.append_event("e", b"{}").unwrap();
-        for id in &ids {
-            job(
-                &log,
-                *id,
-                JobStatus::Queued,
-                "e",
-                r#"{"pad":"xxxxxxxxxxxxxxxxxxxx"}"#,
-            );
-        }
-        log.write_pending(true).unwrap();
-    }
+    write_queued(dir.path(), &ids);
     // A newer segment so that the damaged one is not the newest.
     drop(JobLog::open(dir.path(), SEGMENT_BYTES).unwrap());
     let first = dir.path().join(&segs(dir.path())[0]);
