@@ -167,8 +167,13 @@ impl Store {
             self.quarantine_raw("joblog", what.as_bytes(), &bytes, &reason)?;
         }
         for (event_id, job_ids) in replayed.dedup {
-            if !self.inner.dedup.contains_key(event_id.as_bytes())? {
-                self.put_dedup_ids(&event_id, job_ids)?;
+            // Restored for what is left of the window the entry had when it was written.
+            let expires = job_ids.iter().filter_map(|id| self.dedup_expiry(*id)).min();
+            let expires = expires.filter(|e| *e > Utc::now());
+            if let Some(expires_at) = expires {
+                if !self.inner.dedup.contains_key(event_id.as_bytes())? {
+                    self.put_dedup_entry(&event_id, job_ids, expires_at)?;
+                }
             }
         }
         if replayed.damaged_bytes > 0 {
@@ -222,13 +227,31 @@ impl Store {
     }
 
     fn put_dedup(&self, event_id: &str, records: &[JobRecord]) -> Result<(), StoreError> {
-        self.put_dedup_ids(event_id, records.iter().map(|r| r.job_id).collect())
+        let expires_at = Utc::now() + chrono_duration(self.inner.config.dedup_ttl);
+        self.put_dedup_entry(
+            event_id,
+            records.iter().map(|r| r.job_id).collect(),
+            expires_at,
+        )
     }
 
-    fn put_dedup_ids(&self, event_id: &str, job_ids: Vec<JobId>) -> Result<(), StoreError> {
+    /// When the dedup window of an event whose job this is ends (job ids carry their creation
+    /// time: UUIDv7).
+    fn dedup_expiry(&self, id: JobId) -> Option<DateTime<Utc>> {
+        let (secs, nanos) = id.0.get_timestamp()?.to_unix();
+        let created = DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)?;
+        Some(created + chrono_duration(self.inner.config.dedup_ttl))
+    }
+
+    fn put_dedup_entry(
+        &self,
+        event_id: &str,
+        job_ids: Vec<JobId>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let entry = DedupEntry {
             job_ids,
-            expires_at: Utc::now() + chrono_duration(self.inner.config.dedup_ttl),
+            expires_at,
         };
         self.inner
             .dedup
@@ -248,7 +271,14 @@ impl Store {
     /// the intake's `stage`).
     pub fn dedup_get(&self, event_id: &str) -> Result<Option<Vec<JobId>>, StoreError> {
         if let Some(ids) = self.inner.log.event_jobs(event_id) {
-            return Ok(Some(ids));
+            // Within `dedup_ttl` of the jobs' creation only, as a sled entry would be.
+            let now = Utc::now();
+            if ids
+                .iter()
+                .any(|id| self.dedup_expiry(*id).is_some_and(|e| e > now))
+            {
+                return Ok(Some(ids));
+            }
         }
         let (tree, key) = (&self.inner.dedup, event_id.as_bytes());
         let Some(bytes) = tree.get(key)? else {

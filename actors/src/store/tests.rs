@@ -463,3 +463,40 @@ async fn an_event_whose_jobs_are_in_the_log_is_a_duplicate_without_a_dedup_entry
     assert_eq!(s.dedup_get("topic/0/42").unwrap(), Some(ids));
     assert_eq!(s.dedup_get("topic/0/43").unwrap(), None);
 }
+
+/// After a crash lost sled's lazily flushed dedup entries, the log restores them for what is
+/// left of their window: an idempotency key older than `dedup_ttl` is new again, a young one
+/// is still a duplicate.
+#[tokio::test]
+async fn dedup_entries_come_back_from_the_log_within_their_window_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let two_days_ago = (Utc::now() - chrono::Duration::days(2)).timestamp() as u64;
+    let old_id = JobId(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        two_days_ago,
+        0,
+    )));
+    let mut old = JobRecord::new("t", "webhook", "r", "old-key", json!({}), None);
+    old.job_id = old_id;
+    let young = JobRecord::new("t", "webhook", "r", "young-key", json!({}), None);
+    {
+        let s = store(&dir);
+        for r in [&old, &young] {
+            s.put_event(&r.event_id, &json!({})).unwrap();
+            s.enqueue(std::slice::from_ref(r), Some(&r.event_id))
+                .await
+                .unwrap();
+        }
+        // Written now, the entries stand until dedup_ttl from now.
+        assert_eq!(s.dedup_get("old-key").unwrap(), Some(vec![old_id]));
+        // What a crash before the lazy flush leaves.
+        s.inner.dedup.remove("old-key").unwrap();
+        s.inner.dedup.remove("young-key").unwrap();
+        s.commit_all().await.unwrap();
+    }
+    let s = store(&dir);
+    assert_eq!(s.dedup_get("young-key").unwrap(), Some(vec![young.job_id]));
+    assert_eq!(s.dedup_get("old-key").unwrap(), None);
+    assert!(s.inner.dedup.contains_key("young-key").unwrap());
+    assert!(!s.inner.dedup.contains_key("old-key").unwrap());
+}
