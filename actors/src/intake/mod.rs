@@ -179,10 +179,14 @@ impl Intake {
         // A source that redelivers is the log: its jobs reach the disk with the next group
         // commit, and a crash before that makes the source hand the event over again. Dead
         // letters are durable before the source hears anything, whatever the source.
+        // (The committer writes what nobody waits for within LAZY_FLUSH: store/mod.rs.)
         let durable_now = !rt.redelivers || staged.iter().any(|(_, w)| w.refused);
-        if !durable_now {
-            self.store.commit_soon();
-        } else if let Err(e) = self.store.commit().await {
+        let committed = if durable_now {
+            self.store.commit().await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = committed {
             for (i, _) in &staged {
                 results[*i] = Err(IntakeError::Store(e.clone()));
             }

@@ -28,11 +28,26 @@ impl Store {
         let Some(bytes) = self.inner.log.read_event(event_id)? else {
             return Ok(None);
         };
-        match decode::<Value>("events", &bytes) {
+        let event = self.decode_logged("events", event_id.as_bytes(), &bytes)?;
+        if event.is_none() {
+            // Its jobs still read, without their event.
+            self.inner.log.forget_event(event_id);
+        }
+        Ok(event)
+    }
+
+    /// Decodes a record read from the job log; one that does not decode goes to the quarantine
+    /// and `None` is returned (the caller takes it out of the log's index: quarantined once).
+    fn decode_logged<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match decode::<T>(what, bytes) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
-                // Kept in the log too; the job still reads, without its event.
-                self.quarantine_raw("events", event_id.as_bytes(), &bytes, &e.to_string())?;
+                self.quarantine_raw(what, key, bytes, &e.to_string())?;
                 Ok(None)
             }
         }
@@ -90,15 +105,11 @@ impl Store {
         let Some(bytes) = self.inner.log.read_job(id)? else {
             return Ok(None);
         };
-        match decode::<JobRecord>("jobs", &bytes) {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                // Moved aside: the job leaves the index, the rest goes on (quarantine.rs).
-                self.quarantine_raw("jobs", id.as_bytes(), &bytes, &e.to_string())?;
-                self.inner.log.forget(&[id])?;
-                Ok(None)
-            }
+        let record = self.decode_logged("jobs", id.as_bytes(), &bytes)?;
+        if record.is_none() {
+            self.inner.log.forget(&[id])?;
         }
+        Ok(record)
     }
 
     /// A job record with its event.

@@ -209,13 +209,6 @@ impl Store {
         true
     }
 
-    /// Has what was written before this call reach the disk within [`LAZY_FLUSH`], without
-    /// waiting: for records whose loss in a crash the source makes good (it redelivers), or
-    /// that are kept for observability only (a job's outcome, which runs again from the queue).
-    pub fn commit_soon(&self) {
-        // The committer writes the job log every LAZY_FLUSH whether asked or not.
-    }
-
     /// Waits until everything written before this call is on disk.
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -321,7 +314,8 @@ impl Store {
     }
 }
 
-/// How long a write that nobody waits for ([`Store::commit_soon`]) may stay off the disk.
+/// How long a write that nobody waits for (jobs of sources that redeliver, outcomes) may stay
+/// off the disk: the committer writes and syncs the job log at least this often.
 const LAZY_FLUSH: Duration = Duration::from_millis(100);
 
 /// Writes (and syncs) what was appended and nobody waits for, and flushes sled's lazy writes.

@@ -163,29 +163,19 @@ impl<'a> Body<'a> {
     }
 }
 
-/// The fixed fields of a job frame, and where its JSON starts.
-pub struct JobHead<'a> {
-    pub job_id: JobId,
-    pub status: JobStatus,
-    pub flags: u8,
-    pub finished_ms: i64,
-    pub trigger: &'a str,
-    pub event_id: &'a str,
-    pub json: &'a [u8],
-}
-
-pub fn read_job_head(body: &[u8]) -> Option<JobHead<'_>> {
+/// A job frame's fields (the fixed ones replay reads, and the record's JSON).
+pub fn read_job_frame(body: &[u8]) -> Option<super::JobFrame<'_>> {
     let mut b = Body::new(body);
     let job_id = b.job_id()?;
     let status = status_of(b.u8()?)?;
-    let flags = b.u8()?;
+    let dedup = b.u8()? & FLAG_DEDUP != 0;
     let finished_ms = b.i64()?;
     let trigger = b.str()?;
     let event_id = b.str()?;
-    Some(JobHead {
+    Some(super::JobFrame {
         job_id,
         status,
-        flags,
+        dedup,
         finished_ms,
         trigger,
         event_id,

@@ -322,6 +322,15 @@ impl JobLog {
         Ok(())
     }
 
+    /// Takes an event out of the index (it was quarantined); its jobs read without it. Replay
+    /// finds it again and the first read quarantines it again: at most once per start.
+    pub fn forget_event(&self, id: &str) {
+        let mut st = self.lock();
+        if let Some(ev) = st.events.remove(id) {
+            st.unref(ev.at);
+        }
+    }
+
     pub fn entry(&self, id: JobId) -> Option<JobEntry> {
         self.lock().index.get(&id).cloned()
     }
@@ -355,7 +364,7 @@ impl JobLog {
             return Ok(None);
         };
         let body = self.read_body(at)?;
-        Ok(read_job_head(&body).map(|h| h.json.to_vec()))
+        Ok(read_job_frame(&body).map(|h| h.json.to_vec()))
     }
 
     /// The payload JSON of an event.

@@ -93,11 +93,11 @@ fn replay_frame(kind: u8, body: &[u8], at: Ref, st: &mut State, out: &mut Replay
                 "event frame without a readable id".into(),
             )),
         },
-        KIND_JOB => match read_job_head(body) {
+        KIND_JOB => match read_job_frame(body) {
             Some(h) => {
                 let new =
                     st.apply_job(h.job_id, h.status, h.finished_ms, h.trigger, h.event_id, at);
-                if new && h.flags & FLAG_DEDUP != 0 {
+                if new && h.dedup {
                     out.dedup
                         .entry(h.event_id.to_string())
                         .or_default()
