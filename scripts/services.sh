@@ -2,7 +2,7 @@
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
 # Today's tests need a Rust toolchain, what the build needs besides it (scripts/build-deps.sh:
 # a C/C++ toolchain with make and perl), and the brokers below (NATS, Mosquitto, tansu for
-# Kafka); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
+# Kafka, moto for SQS); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
 # and the packages of tests/dashboard. Brokers are added here as their triggers land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,5 +85,20 @@ if ! "$PYENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
     echo "services.sh: pip install standardwebhooks into $PYENV"
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
+fi
+# moto's SQS server for tests/sqs.rs on 127.0.0.1:4566 (only flask and flask-cors are needed
+# besides moto for its server with SQS), in the same venv.
+if ! "$PYENV/bin/python" -c 'import moto, flask, flask_cors' 2>/dev/null; then
+    echo "services.sh: pip install moto into $PYENV"
+    "$PYENV/bin/pip" install --quiet --disable-pip-version-check 'moto==5.2.5' flask flask-cors
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; then
+    echo "services.sh: starting moto_server on 127.0.0.1:4566"
+    nohup "$PYENV/bin/moto_server" -H 127.0.0.1 -p 4566 > /tmp/millgate-moto.log 2>&1 &
+    for _ in $(seq 300); do
+        (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null || { echo "services.sh: moto_server did not start (see /tmp/millgate-moto.log)" >&2; exit 1; }
 fi
 echo "services.sh: ready"

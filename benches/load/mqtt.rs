@@ -245,7 +245,7 @@ subscriptions = [{{ topic = "{topic}", qos = 1 }}]
         us(mg_cpu_us),
     ]);
     r.row(vec![
-        "ratio (target >= 0.8)".into(),
+        "ratio (target >= 0.5)".into(),
         format!("{rate_ratio:.3}"),
         String::new(),
         String::new(),

@@ -20,6 +20,7 @@ pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod push;
+pub mod settle;
 pub mod source;
 pub mod timed;
 pub mod webhook;

@@ -15,7 +15,7 @@
 //! - **Batches and acknowledgement.** What one receive returns goes through the intake together
 //!   (one flush to disk for the batch, in order); each message then hears the intake's answer
 //!   through [`Source::acknowledge`], and its jobs' outcomes through the [`AckHandle`]s the
-//!   source made for them ([`Settlement`] collects those). An intake error fails the actor once
+//!   source made for them (`triggers/settle.rs` collects those for brokers that wait for them). An intake error fails the actor once
 //!   every message of the batch has had its answer.
 
 use std::future::Future;
@@ -24,13 +24,11 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use super::kind::SpawnFuture;
 use super::{Accepted, IntakeError, SourceArgs, TriggerRuntime};
 use crate::model::ack::AckHandle;
 use crate::model::event::Event;
-use crate::model::job::JobOutcome;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -143,46 +141,6 @@ pub struct LostReporter(ActorRef<SourceMsg>);
 impl LostReporter {
     pub fn report(&self, why: String) {
         let _ = self.0.cast(SourceMsg::Lost(why));
-    }
-}
-
-/// Collects the outcomes of one message's jobs: [`Settlement::job_ack`] per job, then
-/// [`Settlement::wait`] for them.
-pub struct Settlement {
-    tx: mpsc::UnboundedSender<bool>,
-    rx: mpsc::UnboundedReceiver<bool>,
-}
-
-impl Default for Settlement {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Self { tx, rx }
-    }
-}
-
-impl Settlement {
-    /// A handle reporting whether its job succeeded (`false`: dead-lettered).
-    pub fn job_ack(&self) -> AckHandle {
-        let tx = self.tx.clone();
-        AckHandle::on_settle(move |outcome| {
-            let _ = tx.send(matches!(outcome, JobOutcome::Succeeded(_)));
-        })
-    }
-
-    /// Stops handing out handles; what is left waits for the ones handed out.
-    pub fn into_outcomes(self) -> Outcomes {
-        Outcomes(self.rx)
-    }
-}
-
-/// The outcomes of one message's jobs, as they settle.
-pub struct Outcomes(mpsc::UnboundedReceiver<bool>);
-
-impl Outcomes {
-    /// The next job's outcome (`true`: succeeded). `None`: a handle was dropped unsettled (its
-    /// outcome is not durable: the message must be redelivered).
-    pub async fn next(&mut self) -> Option<bool> {
-        self.0.recv().await
     }
 }
 

@@ -27,7 +27,8 @@ use super::event::{Ack, Message};
 use super::link::{Closer, Incoming, Link};
 use crate::model::ack::AckHandle;
 use crate::model::event::Event;
-use crate::triggers::source::{set_status, Outcomes, Pulled, Settlement, Source, SourceContext};
+use crate::triggers::settle::{Acknowledger, Settler};
+use crate::triggers::source::{set_status, Pulled, Source, SourceContext};
 use crate::triggers::{Accepted, IntakeError, TriggerRuntime};
 
 /// Messages received and not yet taken by the trigger, at most.
@@ -41,6 +42,10 @@ pub(super) struct MqttSource {
     cfg: MqttConfig,
     /// Set once connected.
     link: Option<Connected>,
+    /// The acknowledgements of QoS ≥ 1 messages after their outcome (set once connected).
+    acks: Option<Settler<MqttAck>>,
+    /// The number given to the next QoS ≥ 1 message, for `acks`.
+    next_id: u64,
 }
 
 /// The hand-over queue, the connection task and its closer.
@@ -56,12 +61,62 @@ pub(super) struct Receipt {
     event_id: String,
     ack: Ack,
     /// `None` for QoS 0: nothing to acknowledge.
-    settlement: Option<Settlement>,
+    settle: Option<(u64, Settler<MqttAck>)>,
 }
 
 impl MqttSource {
     pub(super) fn new(cfg: MqttConfig) -> Self {
-        Self { cfg, link: None }
+        Self {
+            cfg,
+            link: None,
+            acks: None,
+            next_id: 0,
+        }
+    }
+
+    fn pulled(&mut self, m: Message) -> Pulled<Receipt> {
+        let Message {
+            topic,
+            qos,
+            event,
+            defect,
+            ack,
+        } = m;
+        let event = Event::unique("mqtt", event).with_defect(defect);
+        let settle = match (&self.acks, qos) {
+            (Some(acks), 1..) => {
+                self.next_id += 1;
+                Some((self.next_id, acks.clone()))
+            }
+            _ => None,
+        };
+        Pulled {
+            receipt: Receipt {
+                topic,
+                event_id: event.id.clone(),
+                ack,
+                settle,
+            },
+            event,
+        }
+    }
+}
+
+/// Acknowledges once every job of the message has a durable outcome (success or dead letter).
+/// A handle dropped unsettled leaves the message unacknowledged, for the broker to redeliver
+/// to the next connection of a persistent session.
+pub(super) struct MqttAck {
+    ack: Ack,
+    topic: String,
+}
+
+impl Acknowledger for MqttAck {
+    async fn settled(self, _ok: bool) {
+        self.ack.send(&self.topic, "settled").await;
+    }
+
+    async fn unsettled(self) {
+        tracing::info!(topic = %self.topic, pkid = self.ack.pkid(), "a job ended without a durable outcome; message left unacknowledged for redelivery");
     }
 }
 
@@ -71,26 +126,6 @@ fn ended(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
         Ok(Ok(())) => "MQTT connection closed".into(),
         Ok(Err(e)) => e,
         Err(e) => format!("MQTT connection task failed: {e}"),
-    }
-}
-
-fn pulled(m: Message) -> Pulled<Receipt> {
-    let Message {
-        topic,
-        qos,
-        event,
-        defect,
-        ack,
-    } = m;
-    let event = Event::unique("mqtt", event).with_defect(defect);
-    Pulled {
-        receipt: Receipt {
-            topic,
-            event_id: event.id.clone(),
-            ack,
-            settlement: (qos > 0).then(Settlement::default),
-        },
-        event,
     }
 }
 
@@ -112,6 +147,7 @@ impl Source for MqttSource {
             tx,
         ));
         self.link = Some((rx, connection, closer));
+        self.acks = Some(Settler::start(None));
         Ok(())
     }
 
@@ -131,19 +167,19 @@ impl Source for MqttSource {
                 None => return Err(ended(connection.await)),
             },
         };
-        let mut batch = vec![pulled(*first)];
+        let mut batch = vec![first];
         while batch.len() < max && !connection.is_finished() {
             match messages.try_recv() {
-                Ok(m) => batch.push(pulled(*m)),
+                Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
-        Ok(batch)
+        Ok(batch.into_iter().map(|m| self.pulled(*m)).collect())
     }
 
     fn job_ack(receipt: &Receipt) -> AckHandle {
-        match &receipt.settlement {
-            Some(s) => s.job_ack(),
+        match &receipt.settle {
+            Some((id, acks)) => acks.job_ack(*id),
             None => AckHandle::none(),
         }
     }
@@ -155,13 +191,17 @@ impl Source for MqttSource {
         answer: &Result<Accepted, IntakeError>,
     ) -> Result<(), String> {
         // QoS 0: received once the intake flushed its jobs to disk; nothing to send.
-        let Some(settlement) = r.settlement else {
+        let Some((id, acks)) = r.settle else {
             return Ok(());
         };
         match answer {
             Ok(Accepted::Queued(ids)) => {
-                let outcomes = settlement.into_outcomes();
-                tokio::spawn(ack_when_settled(r.ack, r.topic, ids.len(), outcomes));
+                let ack = MqttAck {
+                    ack: r.ack,
+                    topic: r.topic,
+                };
+                acks.track(id, ack, ids.len());
+                return Ok(());
             }
             // Already durable (parked, or a dead letter recording why it cannot run) or nothing
             // to run: done as far as the broker is concerned.
@@ -174,6 +214,7 @@ impl Source for MqttSource {
             // Left unacknowledged; the shell fails the actor.
             Err(_) => {}
         }
+        acks.forget(id);
         Ok(())
     }
 
@@ -233,17 +274,4 @@ async fn drive(
             Incoming::Nothing => {}
         }
     }
-}
-
-/// Acknowledges once every job of the message has a durable outcome (success or dead letter).
-/// A handle dropped unsettled leaves the message unacknowledged, for the broker to redeliver
-/// to the next connection of a persistent session.
-async fn ack_when_settled(ack: Ack, topic: String, jobs: usize, mut outcomes: Outcomes) {
-    for _ in 0..jobs {
-        if outcomes.next().await.is_none() {
-            tracing::info!(topic = %topic, pkid = ack.pkid(), "a job ended without a durable outcome; message left unacknowledged for redelivery");
-            return;
-        }
-    }
-    ack.send(&topic, "settled").await;
 }

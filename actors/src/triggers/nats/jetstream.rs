@@ -2,7 +2,6 @@
 //! jobs' outcomes are durable (`ack` after success, `term` after a dead letter, `in_progress`
 //! meanwhile; see `nats/mod.rs`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{self, Batch};
@@ -14,7 +13,8 @@ use super::config::{DeliverPolicy, JetStreamConfig, NatsConfig};
 use super::event::jetstream_event;
 use super::subscription::connect;
 use crate::model::ack::AckHandle;
-use crate::triggers::source::{Outcomes, Pulled, Settlement, Source, SourceContext};
+use crate::triggers::settle::{Acknowledger, Settler};
+use crate::triggers::source::{Pulled, Source, SourceContext};
 use crate::triggers::{Accepted, IntakeError};
 
 /// How long one fetch waits for messages before it is renewed.
@@ -32,13 +32,37 @@ pub(super) struct JetStreamConsumer {
     /// An error met after messages of the same chunk: returned by the next receive, once the
     /// messages before it are taken.
     failed: Option<String>,
+    /// The acknowledgements of this connection's messages (set once connected).
+    acks: Option<Settler<JetStreamAck>>,
+    /// The number given to the next fetched message, for `acks`.
+    next_id: u64,
 }
 
 /// One fetched message on its way through the intake.
 pub(super) struct Receipt {
+    id: u64,
     event_id: String,
-    acker: Arc<jetstream::message::Acker>,
-    settlement: Settlement,
+    acker: jetstream::message::Acker,
+    acks: Settler<JetStreamAck>,
+}
+
+/// A message's acknowledgement once its jobs settle (`nats/mod.rs`: ack, term, nak, and
+/// `in_progress` every `ack_wait / 2` meanwhile).
+pub(super) struct JetStreamAck(jetstream::message::Acker);
+
+impl Acknowledger for JetStreamAck {
+    async fn settled(self, ok: bool) {
+        let kind = if ok { AckKind::Ack } else { AckKind::Term };
+        send_ack(&self.0, kind, "settled").await;
+    }
+
+    async fn unsettled(self) {
+        send_ack(&self.0, AckKind::Nak(None), "unsettled").await;
+    }
+
+    async fn progress(&self) {
+        send_ack(&self.0, AckKind::Progress, "in progress").await;
+    }
 }
 
 impl JetStreamConsumer {
@@ -51,6 +75,8 @@ impl JetStreamConsumer {
             stream_created: 0,
             fetch: None,
             failed: None,
+            acks: None,
+            next_id: 0,
         }
     }
 }
@@ -108,6 +134,7 @@ impl Source for JetStreamConsumer {
         self.stream_created = stream.cached_info().created.unix_timestamp();
         self.consumer = Some(consumer);
         self.name = name;
+        self.acks = Some(Settler::start(Some(js.ack_wait / 2)));
         Ok(())
     }
 
@@ -123,6 +150,7 @@ impl Source for JetStreamConsumer {
             return Err(e);
         }
         let consumer = self.consumer.as_ref().ok_or("not connected")?;
+        let acks = self.acks.as_ref().ok_or("not connected")?;
         let name = &self.name;
         if self.fetch.is_none() {
             let batch = self.js.batch.min(self.js.max_ack_pending).min(max).max(1);
@@ -163,11 +191,13 @@ impl Source for JetStreamConsumer {
                 }
             };
             let (_, acker) = msg.split();
+            self.next_id += 1;
             pulled.push(Pulled {
                 receipt: Receipt {
+                    id: self.next_id,
                     event_id: event.id.clone(),
-                    acker: Arc::new(acker),
-                    settlement: Settlement::default(),
+                    acker,
+                    acks: acks.clone(),
                 },
                 event,
             });
@@ -181,7 +211,7 @@ impl Source for JetStreamConsumer {
     }
 
     fn job_ack(receipt: &Receipt) -> AckHandle {
-        receipt.settlement.job_ack()
+        receipt.acks.job_ack(receipt.id)
     }
 
     async fn acknowledge(
@@ -192,9 +222,8 @@ impl Source for JetStreamConsumer {
     ) -> Result<(), String> {
         match answer {
             Ok(Accepted::Queued(ids)) => {
-                let progress_every = self.js.ack_wait / 2;
-                let outcomes = t.settlement.into_outcomes();
-                tokio::spawn(settle_later(t.acker, ids.len(), outcomes, progress_every));
+                t.acks.track(t.id, JetStreamAck(t.acker), ids.len());
+                return Ok(());
             }
             // Already durable (parked or an earlier delivery's jobs) or nothing to run: the
             // message is done as far as the server is concerned.
@@ -208,40 +237,9 @@ impl Source for JetStreamConsumer {
             }
             Err(_) => send_ack(&t.acker, AckKind::Nak(None), &t.event_id).await,
         }
+        t.acks.forget(t.id);
         Ok(())
     }
-}
-
-/// Waits for every job of one message: `ack` when all succeeded, `term` when one was
-/// dead-lettered, `in_progress` meanwhile. A handle dropped unsettled (outcome not durable)
-/// leaves the message to be redelivered: `nak` now rather than after `ack_wait`.
-async fn settle_later(
-    acker: Arc<jetstream::message::Acker>,
-    jobs: usize,
-    mut outcomes: Outcomes,
-    progress_every: Duration,
-) {
-    let mut settled = 0;
-    let mut all_ok = true;
-    let mut tick = tokio::time::interval(progress_every);
-    tick.tick().await;
-    while settled < jobs {
-        tokio::select! {
-            o = outcomes.next() => match o {
-                Some(ok) => {
-                    settled += 1;
-                    all_ok &= ok;
-                }
-                None => {
-                    send_ack(&acker, AckKind::Nak(None), "unsettled").await;
-                    return;
-                }
-            },
-            _ = tick.tick() => send_ack(&acker, AckKind::Progress, "in progress").await,
-        }
-    }
-    let kind = if all_ok { AckKind::Ack } else { AckKind::Term };
-    send_ack(&acker, kind, "settled").await;
 }
 
 async fn send_ack(acker: &jetstream::message::Acker, kind: AckKind, what: &str) {

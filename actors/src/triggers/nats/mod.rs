@@ -22,7 +22,7 @@
 //!
 //! Both run in the connector shell (`triggers/source.rs`). Files: `config.rs` (keys, connect
 //! options), `event.rs` (event shapes), `subscription.rs` (connection and core subscriptions),
-//! `jetstream.rs` (durable pull consumer and its acks).
+//! `jetstream.rs` (durable pull consumer and its acks, sent by `triggers/settle.rs`).
 
 mod config;
 mod event;
