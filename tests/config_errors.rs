@@ -646,3 +646,41 @@ fn an_unknown_durability_names_the_choices() {
         &["fsync", "os"],
     );
 }
+
+#[test]
+fn sqs_limits_name_their_keys() {
+    let text = r#"[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "q"
+kind = "sqs"
+runnable = "echo"
+queue_url = "orders"
+batch = 11
+wait_time = "30s"
+visibility_timeout = "1s"
+delete = "later"
+"#;
+    let c = check("sqs.toml", text);
+    assert_error(
+        &c,
+        line_with(text, "later"),
+        "triggers[0] (q).delete",
+        &["after_run", "on_accept"],
+    );
+    let text = text.replace("delete = \"later\"\n", "");
+    let c = check("sqs.toml", &text);
+    for (marker, key, words) in [
+        ("queue_url", "triggers[0] (q).queue_url", "URL"),
+        ("batch", "triggers[0] (q).batch", "between 1 and 10"),
+        ("wait_time", "triggers[0] (q).wait_time", "at most 20s"),
+        (
+            "visibility_timeout",
+            "triggers[0] (q).visibility_timeout",
+            "between 2s and 12h",
+        ),
+    ] {
+        assert_error(&c, line_with(&text, marker), key, &[words]);
+    }
+}

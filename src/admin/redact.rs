@@ -7,7 +7,15 @@ pub const SECRET: &str = "***";
 
 /// Keys of the trigger definitions (`auth.token`, MQTT `password`, Kafka `security.password`,
 /// NATS `seed`...) whose values are credentials.
-const SECRET_KEYS: &[&str] = &["token", "password", "secret", "key_password", "seed", "jwt"];
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "password",
+    "secret",
+    "key_password",
+    "seed",
+    "jwt",
+    "secret_access_key",
+];
 const SECRET_SUFFIXES: &[&str] = &["_token", "_password", "_secret"];
 
 /// Maps whose keys the user chooses (Kafka `properties`, a schedule's `args`): there any key
@@ -148,5 +156,18 @@ mod tests {
         assert_eq!(v["auth"]["header"], "X-Api-Key");
         assert_eq!(v["auth"]["type"], "api_key");
         assert_eq!(v["preprocessor"]["jq"], ".");
+    }
+
+    #[test]
+    fn sqs_keys_are_hidden_and_the_key_id_shown() {
+        let mut v = json!({
+            "name": "q", "kind": "sqs", "queue_url": "https://sqs/1/q",
+            "auth": {"access_key_id": "AKIA1", "secret_access_key": "s", "session_token": "t"}
+        });
+        redact(&mut v);
+        assert_eq!(v["auth"]["secret_access_key"], SECRET, "{v}");
+        assert_eq!(v["auth"]["session_token"], SECRET, "{v}");
+        assert_eq!(v["auth"]["access_key_id"], "AKIA1");
+        assert_eq!(v["queue_url"], "https://sqs/1/q");
     }
 }

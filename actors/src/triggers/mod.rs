@@ -22,6 +22,8 @@ pub mod nats;
 pub mod push;
 pub mod settle;
 pub mod source;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod timed;
 pub mod webhook;
 
@@ -97,6 +99,8 @@ trigger_kinds! {
     "mqtt" => Mqtt(mqtt::MqttConfig),
     #[cfg(feature = "kafka")]
     "kafka" => Kafka(kafka::KafkaConfig),
+    #[cfg(feature = "sqs")]
+    "sqs" => Sqs(sqs::SqsConfig),
 }
 
 /// Keys every trigger has, whatever its kind (`kind` itself picks the [`TriggerSpec`]).
