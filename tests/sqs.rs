@@ -553,3 +553,70 @@ wait_time = "1s"
     wait_jobs(&t, "late", 1).await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_accept_deletes_once_queued_and_receives_stop_at_max_in_flight() {
+    let c = client();
+    let early = create_queue(&c, &unique("mg-accept"), &[]).await;
+    let bounded = create_queue(&c, &unique("mg-bounded"), &[]).await;
+    let t = TestService::start(&format!(
+        r#"
+[router]
+runners = 4
+
+[runnables.slow]
+command = ["sh", "-c", "sleep 3; echo '{{}}'"]
+
+[[triggers]]
+name = "early"
+kind = "sqs"
+runnable = "slow"
+queue_url = "{early}"
+endpoint_url = "{SQS}"
+region = "us-east-1"
+auth = {{ access_key_id = "test", secret_access_key = "test" }}
+wait_time = "1s"
+delete = "on_accept"
+
+[[triggers]]
+name = "bounded"
+kind = "sqs"
+runnable = "slow"
+queue_url = "{bounded}"
+endpoint_url = "{SQS}"
+region = "us-east-1"
+auth = {{ access_key_id = "test", secret_access_key = "test" }}
+wait_time = "1s"
+max_in_flight = 2
+"#
+    ))
+    .await;
+    send(&c, &early, "{}").await;
+    for i in 0..5 {
+        send(&c, &bounded, &json!({ "i": i }).to_string()).await;
+    }
+    // Deleted while its job still runs (3 s).
+    wait_empty(&c, &early, Duration::from_secs(2)).await;
+    assert!(
+        t.jobs_of("early").iter().all(|j| !j.status.is_final()),
+        "the job should still be running"
+    );
+    // Never more than max_in_flight messages taken from the queue at once (plus one whose job
+    // has settled and whose delete may still be on its way when the slot is taken again).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut most = 0;
+    while Instant::now() < deadline {
+        let (_, in_flight) = queue_counts(&c, &bounded).await;
+        most = most.max(in_flight);
+        assert!(
+            in_flight <= 3,
+            "{in_flight} messages taken at max_in_flight = 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most >= 2, "the trigger took its two slots");
+    let jobs = wait_jobs(&t, "bounded", 5).await;
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded));
+    wait_empty(&c, &bounded, SECS_30).await;
+    t.stop().await;
+}

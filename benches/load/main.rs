@@ -17,6 +17,7 @@
 //! | `latency10k` | 5b | the same at 10,000 events/s |
 //! | `footprint` | 6 | RSS with 0 / 1,000 / 10,000 webhook triggers, 100 NATS triggers |
 //! | `spawn` | 7 | `true` as a command runnable at runner pool sizes 1, 2, 8 vs raw spawns |
+//! | `sqs` | 13 | 1k messages preloaded in moto: sqs trigger → echo vs raw aws-sdk-sqs client |
 //!
 //! Each scenario prints a table and writes `target/bench-results/<name>.json`; millgate's logs
 //! go to `target/bench-results/logs/`. A scenario whose broker is not reachable prints
@@ -35,6 +36,7 @@ mod kafka;
 mod mqtt;
 mod nats;
 mod spawn;
+mod sqs;
 mod webhook;
 
 use std::time::Instant;
@@ -52,6 +54,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("latency10k", "5b. latency at 10,000 webhook events/s"),
     ("footprint", "6. idle footprint (RSS)"),
     ("spawn", "7. command runnable spawn rate"),
+    ("sqs", "8. SQS -> noop vs raw aws-sdk-sqs client"),
 ];
 
 async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
@@ -64,6 +67,7 @@ async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
         "latency10k" => webhook::latency(ctx, 10_000).await,
         "footprint" => footprint::run(ctx).await,
         "spawn" => spawn::run(ctx).await,
+        "sqs" => sqs::run(ctx).await,
         other => Err(format!("unknown scenario `{other}`")),
     }
 }

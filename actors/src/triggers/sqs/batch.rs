@@ -1,7 +1,6 @@
 //! Deletes and visibility changes of one connection's messages, sent in batches of up to ten
-//! (DeleteMessageBatch, ChangeMessageVisibilityBatch): whatever is asked while a call is on its
-//! way goes in the next one, so a busy trigger makes one call per ten messages and an idle one
-//! waits for nothing. Entries that fail for a reason worth retrying (throttling, a server
+//! (DeleteMessageBatch, ChangeMessageVisibilityBatch): a batch is sent once it is full or 20 ms
+//! after its first entry, so a busy trigger makes one call per ten messages. Entries that fail for a reason worth retrying (throttling, a server
 //! error) are retried with backoff; a receipt handle SQS no longer knows (the message was
 //! deleted, or received again elsewhere) is not.
 
@@ -35,6 +34,9 @@ const MAX_BATCH: usize = 10;
 const CONCURRENT_CALLS: usize = 4;
 /// Tries per entry before giving up (the message then reappears after its visibility timeout).
 const ATTEMPTS: u32 = 4;
+/// How long a batch waits for more entries before it is sent: SQS bills every request, and
+/// nothing waits for a delete (the outcome is already durable), so fuller batches are free.
+const LINGER: Duration = Duration::from_millis(20);
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,13 +107,20 @@ async fn run(
         let mut deletes = Vec::new();
         let mut changes = Vec::new();
         let mut next = Some(first);
+        let until = tokio::time::Instant::now() + LINGER;
         while let Some(item) = next.take() {
             match item.0 {
                 Op::Delete { .. } => deletes.push(item),
                 Op::Visibility { .. } => changes.push(item),
             }
             if deletes.len() < MAX_BATCH && changes.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+                next = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(_) => tokio::time::timeout_at(until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
             }
         }
         let client = client.clone();
