@@ -2,7 +2,7 @@
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
 # Today's tests need a Rust toolchain, what the build needs besides it (scripts/build-deps.sh:
 # a C/C++ toolchain with make and perl), and the brokers below (NATS, Mosquitto, tansu for
-# Kafka, moto for SQS); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
+# Kafka, moto for SQS, pstest for Pub/Sub); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
 # and the packages of tests/dashboard. Brokers are added here as their triggers land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,5 +100,31 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; then
         sleep 0.1
     done
     (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null || { echo "services.sh: moto_server did not start (see /tmp/millgate-moto.log)" >&2; exit 1; }
+fi
+# Google's pstest Pub/Sub fake for tests/pubsub.rs on 127.0.0.1:8085: its Go source comes from
+# Debian (golang-google-cloud-dev), built offline with scripts/pstest/main.go (~15 s).
+PSTEST="${MILLGATE_PSTEST:-$HOME/.cache/millgate/pstest-server}"
+if [ ! -x "$PSTEST" ] || [ scripts/pstest/main.go -nt "$PSTEST" ]; then
+    if [ ! -f /usr/share/gocode/src/cloud.google.com/go/pubsub/pstest/fake.go ] || ! command -v go >/dev/null; then
+        echo "services.sh: installing golang-go golang-google-cloud-dev (for pstest)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go golang-google-cloud-dev
+    fi
+    echo "services.sh: building pstest-server into $PSTEST"
+    gopath="$(mktemp -d)"
+    mkdir -p "$gopath/src/pstest-server" "$(dirname "$PSTEST")"
+    cp scripts/pstest/main.go "$gopath/src/pstest-server/"
+    (cd "$gopath/src/pstest-server" && GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" \
+        GOCACHE="$gopath/cache" go build -o "$PSTEST" .)
+    rm -rf "$gopath"
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/8085) 2>/dev/null; then
+    echo "services.sh: starting pstest-server on 127.0.0.1:8085"
+    nohup "$PSTEST" -listen 127.0.0.1:8085 > /tmp/millgate-pstest.log 2>&1 &
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/8085) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/8085) 2>/dev/null || { echo "services.sh: pstest-server did not start (see /tmp/millgate-pstest.log)" >&2; exit 1; }
 fi
 echo "services.sh: ready"

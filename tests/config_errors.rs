@@ -684,3 +684,32 @@ delete = "later"
         assert_error(&c, line_with(&text, marker), key, &[words]);
     }
 }
+
+#[test]
+fn pubsub_keys_name_their_problem() {
+    let text = r#"[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "p"
+kind = "pubsub"
+runnable = "echo"
+project = "mine"
+subscription = "projects/theirs/subscriptions/s"
+create_subscription = true
+ack_deadline = "5s"
+"#;
+    let c = check("pubsub.toml", text);
+    for (marker, key, words) in [
+        ("theirs", "triggers[0] (p).subscription", "of this project"),
+        // A key that is missing: the trigger's table is the line.
+        ("[[triggers]]", "triggers[0] (p).topic", "needed to create"),
+        (
+            "ack_deadline",
+            "triggers[0] (p).ack_deadline",
+            "between 10s and 600s",
+        ),
+    ] {
+        assert_error(&c, line_with(text, marker), key, &[words]);
+    }
+}

@@ -19,6 +19,8 @@ pub mod kind;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "pubsub")]
+pub mod pubsub;
 pub mod push;
 pub mod settle;
 pub mod source;
@@ -101,6 +103,8 @@ trigger_kinds! {
     "kafka" => Kafka(kafka::KafkaConfig),
     #[cfg(feature = "sqs")]
     "sqs" => Sqs(sqs::SqsConfig),
+    #[cfg(feature = "pubsub")]
+    "pubsub" => PubSub(pubsub::PubSubConfig),
 }
 
 /// Keys every trigger has, whatever its kind (`kind` itself picks the [`TriggerSpec`]).
