@@ -137,20 +137,7 @@ async fn wait_jobs(
     trigger: &str,
     n: usize,
 ) -> Vec<millgate_actors::job::JobRecord> {
-    let deadline = Instant::now() + SECS_30;
-    loop {
-        let mut jobs = t.jobs_of(trigger);
-        if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
-            jobs.sort_by_key(|j| j.created_at);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} final jobs of {trigger}, have {:?}",
-            jobs.iter().map(|j| j.status).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.final_jobs(trigger, n, SECS_30).await
 }
 
 async fn post_admin(t: &TestService, path: &str, body: &Value) -> (u16, Value) {
@@ -165,13 +152,7 @@ async fn post_admin(t: &TestService, path: &str, body: &Value) -> (u16, Value) {
 }
 
 fn trigger_state(t: &TestService, name: &str) -> TriggerState {
-    t.app
-        .service
-        .registry
-        .get(name)
-        .expect("trigger")
-        .runtime
-        .state()
+    t.trigger_state(name)
 }
 
 /// Waits until the trigger's consumer has been assigned partitions (reported in its status).

@@ -241,31 +241,12 @@ async fn wait_subscribed(t: &TestService, name: &str) {
 }
 
 fn trigger_state(t: &TestService, name: &str) -> TriggerState {
-    t.app
-        .service
-        .registry
-        .get(name)
-        .expect("trigger")
-        .runtime
-        .state()
+    t.trigger_state(name)
 }
 
 /// Waits until `n` jobs of `trigger` are final, returned in creation order.
 async fn wait_jobs(t: &TestService, trigger: &str, n: usize) -> Vec<JobRecord> {
-    let deadline = Instant::now() + SECS_20;
-    loop {
-        let mut jobs = t.jobs_of(trigger);
-        if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
-            jobs.sort_by_key(|j| j.created_at);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} final jobs of {trigger}, have {:?}",
-            jobs.iter().map(|j| j.status).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.final_jobs(trigger, n, SECS_20).await
 }
 
 /// The args a `record` runnable (`cat > {DIR}/args-$MILLGATE_JOB_ID.json`) wrote for `job`.

@@ -100,30 +100,11 @@ async fn wait_jobs(
     trigger: &str,
     n: usize,
 ) -> Vec<millgate_actors::job::JobRecord> {
-    let deadline = Instant::now() + SECS_20;
-    loop {
-        let mut jobs = t.jobs_of(trigger);
-        if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
-            jobs.sort_by_key(|j| j.created_at);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} final jobs of {trigger}, have {:?}",
-            jobs.iter().map(|j| j.status).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.final_jobs(trigger, n, SECS_20).await
 }
 
 fn trigger_state(t: &TestService, name: &str) -> TriggerState {
-    t.app
-        .service
-        .registry
-        .get(name)
-        .expect("trigger")
-        .runtime
-        .state()
+    t.trigger_state(name)
 }
 
 async fn cleanup(js: &jetstream::Context, stream: &str) {

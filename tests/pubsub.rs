@@ -83,37 +83,17 @@ endpoint = "{PSTEST}"
     )
 }
 
+/// Waits until `n` jobs of `trigger` are final, returned in creation order.
 async fn wait_jobs(
     t: &TestService,
     trigger: &str,
     n: usize,
 ) -> Vec<millgate_actors::job::JobRecord> {
-    let deadline = Instant::now() + SECS_30;
-    loop {
-        let mut jobs = t.jobs_of(trigger);
-        if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
-            jobs.sort_by_key(|j| j.created_at);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} final jobs of {trigger}, have {:?}",
-            jobs.iter().map(|j| j.status).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.final_jobs(trigger, n, SECS_30).await
 }
 
 fn counter(t: &TestService, name: &str, which: &str) -> u64 {
-    let c = t
-        .app
-        .service
-        .registry
-        .get(name)
-        .expect("trigger")
-        .runtime
-        .counters
-        .clone();
+    let c = t.counters(name);
     match which {
         "received" => c.events_received.load(Ordering::Relaxed),
         "duplicate" => c.events_duplicate.load(Ordering::Relaxed),
@@ -317,14 +297,7 @@ async fn a_missing_subscription_backs_off_with_the_reason() {
     .await;
     let deadline = Instant::now() + SECS_30;
     loop {
-        let state = t
-            .app
-            .service
-            .registry
-            .get("missing")
-            .expect("trigger")
-            .runtime
-            .state();
+        let state = t.trigger_state("missing");
         if let TriggerState::BackingOff { last_error, .. } = state {
             assert!(
                 last_error.contains(&name) && last_error.contains("does not exist"),

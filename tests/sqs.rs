@@ -111,31 +111,7 @@ async fn wait_jobs(
     trigger: &str,
     n: usize,
 ) -> Vec<millgate_actors::job::JobRecord> {
-    let deadline = Instant::now() + SECS_30;
-    loop {
-        let mut jobs = t.jobs_of(trigger);
-        if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
-            jobs.sort_by_key(|j| j.created_at);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} final jobs of {trigger}, have {:?}",
-            jobs.iter().map(|j| j.status).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn counters(t: &TestService, name: &str) -> std::sync::Arc<millgate_actors::ack::TriggerCounters> {
-    t.app
-        .service
-        .registry
-        .get(name)
-        .expect("trigger")
-        .runtime
-        .counters
-        .clone()
+    t.final_jobs(trigger, n, SECS_30).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,13 +248,13 @@ visibility_timeout = "2s"
     // The job ran 5 s with a 2 s visibility timeout: only the extensions kept the message from
     // being received again (which the dedup would count as a duplicate).
     assert_eq!(
-        counters(&t, "long")
+        t.counters("long")
             .events_duplicate
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
     assert_eq!(
-        counters(&t, "long")
+        t.counters("long")
             .events_received
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -532,14 +508,7 @@ wait_time = "1s"
     .await;
     let deadline = Instant::now() + SECS_30;
     loop {
-        let state = t
-            .app
-            .service
-            .registry
-            .get("late")
-            .expect("trigger")
-            .runtime
-            .state();
+        let state = t.trigger_state("late");
         if let TriggerState::BackingOff { last_error, .. } = state {
             assert!(last_error.contains(&name), "{last_error}");
             break;

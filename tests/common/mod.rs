@@ -132,6 +132,42 @@ impl TestService {
         self.dir
     }
 
+    /// Waits until `n` jobs of `trigger` are final; returns them in creation order.
+    pub async fn final_jobs(&self, trigger: &str, n: usize, within: Duration) -> Vec<JobRecord> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut jobs = self.jobs_of(trigger);
+            if jobs.len() >= n && jobs.iter().all(|j| j.status.is_final()) {
+                jobs.sort_by_key(|j| j.created_at);
+                return jobs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} final jobs of {trigger}, have {:?}",
+                jobs.iter().map(|j| j.status).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A trigger's state as the supervisor sees it.
+    pub fn trigger_state(&self, name: &str) -> millgate_actors::triggers::TriggerState {
+        self.trigger(name).runtime.state()
+    }
+
+    /// A trigger's counters (events received, duplicates, outcomes).
+    pub fn counters(&self, name: &str) -> std::sync::Arc<millgate_actors::ack::TriggerCounters> {
+        self.trigger(name).runtime.counters.clone()
+    }
+
+    fn trigger(&self, name: &str) -> std::sync::Arc<millgate_actors::supervisor::TriggerEntry> {
+        self.app
+            .service
+            .registry
+            .get(name)
+            .unwrap_or_else(|| panic!("no trigger `{name}`"))
+    }
+
     /// An admin API request with the admin token.
     pub fn admin_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
