@@ -92,6 +92,24 @@ async fn wait_jobs(
     t.final_jobs(trigger, n, SECS_30).await
 }
 
+/// `millgate_source_acks_total` for `trigger` and `action`, read from `/metrics`.
+async fn acks_metric(t: &TestService, trigger: &str, action: &str) -> f64 {
+    let text = t
+        .admin_req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("millgate_source_acks_total{"))
+        .filter(|l| l.contains(&format!("trigger=\"{trigger}\"")))
+        .filter(|l| l.contains(&format!("action=\"{action}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn counter(t: &TestService, name: &str, which: &str) -> u64 {
     let c = t.counters(name);
     match which {
@@ -168,6 +186,7 @@ async fn messages_become_jobs_with_event_fields_and_are_acked_once() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(counter(&t, "ps", "received"), 2);
     assert_eq!(counter(&t, "ps", "duplicate"), 0);
+    assert_eq!(acks_metric(&t, "ps", "acked").await, 2.0);
     t.stop().await;
 }
 
@@ -187,6 +206,8 @@ async fn a_long_job_keeps_its_message_from_redelivery() {
     // 14 s of work against a 10 s deadline: only modifyAckDeadline kept it from coming back.
     assert_eq!(counter(&t, "long", "duplicate"), 0);
     assert_eq!(counter(&t, "long", "received"), 1);
+    assert!(acks_metric(&t, "long", "extended").await >= 1.0);
+    assert_eq!(acks_metric(&t, "long", "acked").await, 1.0);
     t.stop().await;
 }
 

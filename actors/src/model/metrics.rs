@@ -58,6 +58,12 @@ pub fn job_duration(trigger: &str, runnable: &str, d: Duration) {
         .record(d.as_secs_f64());
 }
 
+/// What a pulled source told its broker about a message: `action` is the kind's word
+/// (`deleted`, `extended`, `released`, `acked`, `nacked`, `failed`).
+pub fn source_acks(trigger: &str, kind: &'static str, action: &'static str) -> Counter {
+    counter!("millgate_source_acks_total", "trigger" => trigger.to_owned(), "kind" => kind, "action" => action)
+}
+
 pub fn trigger_restarted(trigger: &str) {
     counter!("millgate_trigger_restarts_total", "trigger" => trigger.to_owned()).increment(1);
 }

@@ -1,9 +1,12 @@
 //! The Pub/Sub source in the connector shell: a streaming pull whose messages are acked once
 //! their jobs settle, their ack deadline renewed meanwhile (`triggers/settle.rs`).
 
+use std::sync::Arc;
+
 use futures::{FutureExt, StreamExt};
 use gcloud_pubsub::subscriber::{ReceivedMessage, SubscriberConfig};
 use gcloud_pubsub::subscription::{MessageStream, SubscribeConfig, SubscriptionConfig};
+use metrics::Counter;
 use serde_json::json;
 
 use super::config::{PubSubConfig, PubSubDeadLetter};
@@ -18,6 +21,7 @@ pub(super) struct PubSubSource {
     /// Set once connected.
     stream: Option<MessageStream>,
     acks: Option<Settler<PubSubAck>>,
+    counters: Option<Arc<AckCounters>>,
     /// The number given to the next received message, for the settler.
     next_id: u64,
 }
@@ -35,19 +39,48 @@ pub(super) struct PubSubAck {
     message: ReceivedMessage,
     deadline_secs: i32,
     on_dead_letter: PubSubDeadLetter,
+    counters: Arc<AckCounters>,
+}
+
+/// `millgate_source_acks_total{kind="pubsub"}`, resolved once per connection.
+pub(super) struct AckCounters {
+    acked: Counter,
+    nacked: Counter,
+    extended: Counter,
+    failed: Counter,
+}
+
+impl AckCounters {
+    fn new(trigger: &str) -> Self {
+        let series = |action| crate::model::metrics::source_acks(trigger, "pubsub", action);
+        Self {
+            acked: series("acked"),
+            nacked: series("nacked"),
+            extended: series("extended"),
+            failed: series("failed"),
+        }
+    }
 }
 
 impl PubSubAck {
     async fn ack(&self) {
-        if let Err(e) = self.message.ack().await {
-            // Pub/Sub redelivers after the deadline; dedup turns that into an ack.
-            tracing::warn!(subscription = %self.message.subscription, error = %e, "could not ack a Pub/Sub message");
+        match self.message.ack().await {
+            Ok(()) => self.counters.acked.increment(1),
+            Err(e) => {
+                self.counters.failed.increment(1);
+                // Pub/Sub redelivers after the deadline; dedup turns that into an ack.
+                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not ack a Pub/Sub message");
+            }
         }
     }
 
     async fn nack(&self) {
-        if let Err(e) = self.message.nack().await {
-            tracing::warn!(subscription = %self.message.subscription, error = %e, "could not nack a Pub/Sub message");
+        match self.message.nack().await {
+            Ok(()) => self.counters.nacked.increment(1),
+            Err(e) => {
+                self.counters.failed.increment(1);
+                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not nack a Pub/Sub message");
+            }
         }
     }
 }
@@ -66,8 +99,12 @@ impl Acknowledger for PubSubAck {
     }
 
     async fn progress(&self) {
-        if let Err(e) = self.message.modify_ack_deadline(self.deadline_secs).await {
-            tracing::warn!(subscription = %self.message.subscription, error = %e, "could not extend a Pub/Sub ack deadline");
+        match self.message.modify_ack_deadline(self.deadline_secs).await {
+            Ok(()) => self.counters.extended.increment(1),
+            Err(e) => {
+                self.counters.failed.increment(1);
+                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not extend a Pub/Sub ack deadline");
+            }
         }
     }
 }
@@ -78,6 +115,7 @@ impl PubSubSource {
             cfg,
             stream: None,
             acks: None,
+            counters: None,
             next_id: 0,
         }
     }
@@ -145,6 +183,7 @@ impl Source for PubSubSource {
             .map_err(|e| format!("streaming pull on `{name}`: {e}"))?;
         let every = self.cfg.ack_deadline / 2;
         self.acks = Some(Settler::start(Some(every)));
+        self.counters = Some(Arc::new(AckCounters::new(ctx.name())));
         self.stream = Some(stream);
         tracing::info!(trigger = ctx.name(), subscription = %name, "pubsub streaming pull ready");
         self.status(ctx, true, None);
@@ -199,10 +238,12 @@ impl Source for PubSubSource {
         r: Receipt,
         answer: &Result<Accepted, IntakeError>,
     ) -> Result<(), String> {
+        let counters = self.counters.clone().ok_or("not connected")?;
         let ack = PubSubAck {
             message: r.message,
             deadline_secs: self.deadline_secs(),
             on_dead_letter: self.cfg.on_dead_letter,
+            counters,
         };
         match answer {
             Ok(Accepted::Queued(ids)) => {

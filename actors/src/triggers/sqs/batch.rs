@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use metrics::{counter, Counter};
+use metrics::Counter;
 use tokio::sync::{mpsc, Semaphore};
 
 // ---------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ struct Counters {
 impl SqsBatcher {
     pub(super) fn start(client: aws_sdk_sqs::Client, queue_url: String, trigger: &str) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let series = |action: &'static str| counter!("millgate_source_acks_total", "trigger" => trigger.to_owned(), "kind" => "sqs", "action" => action);
+        let series = |action| crate::model::metrics::source_acks(trigger, "sqs", action);
         let counters = Arc::new(Counters {
             deleted: series("deleted"),
             extended: series("extended"),
