@@ -368,7 +368,8 @@ async fn a_fifo_queues_groups_run_in_order() {
 runners = 4
 
 [runnables.record]
-command = ["sh", "-c", 'sleep 0.0$(shuf -i 1-9 -n 1); cat >> {{DIR}}/order.log; echo >> {{DIR}}/order.log; echo "{{}}"']
+# One write per line (runners append concurrently).
+command = ["sh", "-c", 'sleep 0.0$(shuf -i 1-9 -n 1); printf "%s\n" "$(cat)" >> {{DIR}}/order.log; echo "{{}}"']
 
 [[triggers]]
 name = "fifo"
