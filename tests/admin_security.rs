@@ -142,8 +142,16 @@ async fn a_web_page_cannot_add_a_trigger_that_runs_commands() {
     )
     .await;
     assert_eq!(status, 403, "an opaque origin is no origin of ours");
-    // DNS rebinding: the attacker's name resolved to 127.0.0.1, so its page is "same-origin".
+    // A page on another machine at the admin port is another site too.
     let port = t.app.admin_addr.expect("admin").port();
+    let (status, answer) = send(
+        t.admin_req(Method::GET, "/api/triggers")
+            .header("origin", format!("http://203.0.113.9:{port}")),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(code(&answer), "origin_not_allowed");
+    // DNS rebinding: the attacker's name resolved to 127.0.0.1, so its page is "same-origin".
     let (status, answer) = send(
         t.admin_req(Method::GET, "/api/triggers")
             .header("host", format!("rebind.evil.example:{port}")),

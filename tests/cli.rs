@@ -1,22 +1,24 @@
 //! The admin CLI (`millgate triggers …`, `millgate jobs …`): the built binary against a real
-//! service with its admin API, started in-process on free ports with sled in a temp dir.
+//! service with its admin API, started in-process on free ports with its store in a temp dir
+//! (`common::TestService`).
+
+mod common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use millgate::app::App;
+use common::TestService;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 const TOKEN: &str = "admin-s3cret";
 
 struct Admin {
-    app: App,
+    service: TestService,
     /// `http://<admin addr>`
     url: String,
     /// `http://<ingress addr>`
     ingress: String,
-    dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
@@ -121,17 +123,12 @@ runnable = "echo"
 "#,
             dir.path().join("data").display()
         );
-        let config = millgate::load_str(&text, "cli-test.toml", |k| std::env::var(k).ok())
-            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-        let app = App::start(config).await.expect("app starts");
-        let url = format!("http://{}", app.admin_addr.expect("admin listener"));
-        let ingress = format!("http://{}", app.service.addr);
+        let service = TestService::start_in(dir, &text).await;
         let admin = Self {
-            app,
-            url,
-            ingress,
-            dir,
-            http: reqwest::Client::new(),
+            url: service.admin.clone(),
+            ingress: service.base.clone(),
+            http: service.client.clone(),
+            service,
         };
         admin.wait_ready().await;
         admin
@@ -198,7 +195,7 @@ runnable = "echo"
     }
 
     async fn stop(self) {
-        self.app.stop().await;
+        self.service.stop().await;
     }
 }
 
@@ -262,7 +259,7 @@ async fn triggers_list_add_disable_remove() {
     }
 
     // Add from a TOML file holding one [[triggers]] entry.
-    let file = a.dir.path().join("orders.toml");
+    let file = a.service.dir.path().join("orders.toml");
     std::fs::write(
         &file,
         "[[triggers]]\nname = \"orders\"\nkind = \"webhook\"\nrunnable = \"echo\"\ntoken = \"t0k\"\n",
@@ -299,7 +296,7 @@ async fn triggers_list_add_disable_remove() {
     assert_eq!(out.json()["mode"], "sync", "{out:?}");
 
     // Invalid: exit 1, the API's validation message and status on stderr.
-    let bad = a.dir.path().join("bad.toml");
+    let bad = a.service.dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         "name = \"bad\"\nkind = \"webhook\"\nrunnable = \"nope\"\n",
@@ -314,7 +311,7 @@ async fn triggers_list_add_disable_remove() {
     assert!(row(&out.stdout, "bad").is_none(), "{out:?}");
 
     // A name config.toml owns: 409.
-    let dup = a.dir.path().join("dup.toml");
+    let dup = a.service.dir.path().join("dup.toml");
     std::fs::write(
         &dup,
         "name = \"hello\"\nkind = \"webhook\"\nrunnable = \"echo\"\n",

@@ -713,3 +713,65 @@ ack_deadline = "5s"
         assert_error(&c, line_with(text, marker), key, &[words]);
     }
 }
+
+#[test]
+fn pubsub_push_keys_name_their_problem() {
+    let text = r#"[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "route"
+kind = "http"
+runnable = "echo"
+path = "/push"
+
+[[triggers]]
+name = "p"
+kind = "pubsub_push"
+runnable = "echo"
+path = "/push"
+certs_url = "ftp://keys.example.com/certs"
+subscription = "orders"
+"#;
+    let c = check("pubsub_push.toml", text);
+    let table = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "[[triggers]]")
+        .map(|(i, _)| i + 1)
+        .nth(1)
+        .expect("second trigger");
+    // Two keys missing: two messages on the trigger's table line.
+    for (key, words) in [
+        ("triggers[1] (p).audience", "needed to verify"),
+        ("triggers[1] (p).email", "service account"),
+    ] {
+        let prefix = format!("{}:{table}: {key}", c.file);
+        let found = c.stderr.lines().find(|l| l.starts_with(&prefix));
+        assert!(
+            found.is_some_and(|l| l.contains(words)),
+            "no `{prefix}` with `{words}` in:\n{}",
+            c.stderr
+        );
+    }
+    for (line, key, words) in [
+        (
+            line_with(text, "ftp://"),
+            "triggers[1] (p).certs_url",
+            "not an http(s) URL",
+        ),
+        (
+            line_with(text, "subscription = "),
+            "triggers[1] (p).subscription",
+            "projects/<project>/subscriptions/<id>",
+        ),
+    ] {
+        assert_error(&c, line, key, &[words]);
+    }
+    // The route is claimed by the http trigger already.
+    assert!(
+        c.stderr.contains("triggers[1] (p).path"),
+        "route conflict: {}",
+        c.stderr
+    );
+}

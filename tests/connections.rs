@@ -184,6 +184,76 @@ token = "t0k"
     drop(slow);
 }
 
+/// `[server] max_connections` set by hand, and the slow clients on the admin listener this
+/// time: at the cap the oldest slow connection is shed, so a new webhook request and the admin
+/// `/healthz` are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_slow_admin_clients_are_shed_for_new_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_connections = 40
+
+[store]
+path = "{}"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "admin-token"
+
+[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "hello"
+kind = "webhook"
+runnable = "echo"
+"#,
+        dir.path().join("data").display()
+    );
+    let t = TestService::start_in(dir, &text).await;
+    let admin = t.admin.clone();
+    let slow = tokio::task::spawn_blocking(move || {
+        (0..60)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect(admin.trim_start_matches("http://")).ok()?;
+                let _ = s.write_all(b"GET /api/trig");
+                Some(s)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(slow.len(), 60, "connects go through the backlog");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let hook = client
+        .post(t.url("/hooks/hello"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("webhook answered within 5 s");
+    assert_eq!(hook.status(), 202);
+    let healthz = client
+        .get(format!("{}/healthz", t.admin))
+        .send()
+        .await
+        .expect("admin /healthz answered within 5 s");
+    assert_eq!(healthz.status(), 200);
+    // The slow ones were shed: at most the cap is still open, the oldest closed first.
+    let mut first = slow.into_iter().next().expect("one");
+    assert!(
+        read_until_closed(&mut first, Duration::from_secs(5)).is_some(),
+        "the oldest slow connection was not closed"
+    );
+    t.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bodies
 

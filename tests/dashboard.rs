@@ -5,11 +5,13 @@
 //! times, counters and saved state and edit a poll's state. `scripts/services.sh` installs
 //! chromium and the script's npm packages.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use millgate::app::App;
+use common::TestService;
 
 const TOKEN: &str = "dashboard-e2e-admin-token";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -122,18 +124,9 @@ async fn prepare(e2e_dir: &Path) -> PathBuf {
     chromium
 }
 
-async fn start(dir: &Path) -> App {
-    let text = config(dir);
-    let config = millgate::load_str(&text, "dashboard.toml", |k| std::env::var(k).ok())
-        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
-    App::start(config).await.expect("millgate starts")
-}
-
-fn admin_url(app: &App) -> String {
-    format!(
-        "http://{}",
-        app.admin_addr.expect("the [admin] listener is started")
-    )
+async fn start(dir: tempfile::TempDir) -> TestService {
+    let text = config(dir.path());
+    TestService::start_in(dir, &text).await
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -154,10 +147,9 @@ async fn dashboard_in_headless_chromium() {
     let e2e_dir = root.join("tests/dashboard");
     let chromium = prepare(&e2e_dir).await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let client = reqwest::Client::new();
-    let app = start(dir.path()).await;
-    let admin = admin_url(&app);
+    let t = start(tempfile::tempdir().expect("tempdir")).await;
+    let admin = t.admin.clone();
     // cfg-nightly's last fire, three days back: the restart finds its fire times since then
     // outside the catch-up window and counts them as missed.
     let state = format!("{admin}/api/triggers/cfg-nightly/state");
@@ -182,11 +174,11 @@ async fn dashboard_in_headless_chromium() {
         "{}",
         resp.text().await.unwrap_or_default()
     );
-    app.stop().await;
+    let dir = t.stop().await;
 
-    let app = start(dir.path()).await;
-    let admin = admin_url(&app);
-    let ingress = format!("http://{}", app.service.addr);
+    let t = start(dir).await;
+    let admin = t.admin.clone();
+    let ingress = t.base.clone();
 
     // The page and its assets are served without a token, with their content types.
     for (path, content_type) in [
@@ -238,7 +230,7 @@ async fn dashboard_in_headless_chromium() {
         String::from_utf8_lossy(&out.stderr),
         screenshot.display()
     );
-    app.stop().await;
+    t.stop().await;
     assert!(
         out.status.success(),
         "the dashboard browser test failed ({}):\n{report}",

@@ -651,18 +651,10 @@ auto_offset_reset = "earliest"
 "#
     ))
     .await;
-    let deadline = Instant::now() + SECS_30;
-    loop {
-        if let TriggerState::BackingOff { last_error, .. } = trigger_state(&t, "late") {
-            assert!(
-                last_error.to_lowercase().contains("unknown topic"),
-                "{last_error}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "never backed off");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.wait_backing_off("late", SECS_30, |e| {
+        e.to_lowercase().contains("unknown topic")
+    })
+    .await;
     create_topic(KAFKA, &topic, 1).await;
     produce(&producer(KAFKA), &topic, 0, None, b"{}", &[]).await;
     wait_jobs(&t, "late", 1).await;
@@ -796,16 +788,8 @@ preprocessor = {{ jq = '{{n: .data.n}}' }}
     .await;
     wait_assigned(&t, "resilient").await;
     server.kill();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = trigger_state(&t, "resilient");
-        if let TriggerState::BackingOff { last_error, .. } = &s {
-            assert!(!last_error.is_empty());
-            break;
-        }
-        assert!(Instant::now() < deadline, "trigger never backed off: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.wait_backing_off("resilient", Duration::from_secs(60), |e| !e.is_empty())
+        .await;
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
     server.restart().await;

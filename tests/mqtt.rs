@@ -995,16 +995,8 @@ subscriptions = [{{ topic = "orders/#", qos = 1 }}]
     drop(publisher);
 
     broker.kill();
-    let deadline = Instant::now() + SECS_20;
-    loop {
-        let s = trigger_state(&t, "resilient");
-        if let TriggerState::BackingOff { last_error, .. } = &s {
-            assert!(!last_error.is_empty());
-            break;
-        }
-        assert!(Instant::now() < deadline, "trigger never backed off: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.wait_backing_off("resilient", SECS_20, |e| !e.is_empty())
+        .await;
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
     broker.restart().await;
@@ -1077,20 +1069,7 @@ command = ["sh", "-c", 'cat > /dev/null; echo "{}"']
 
 /// Waits until trigger `name` backs off with an error that satisfies `expected`; returns it.
 async fn wait_backing_off(t: &TestService, name: &str, expected: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + SECS_20;
-    loop {
-        let s = trigger_state(t, name);
-        if let TriggerState::BackingOff { last_error, .. } = &s {
-            if expected(last_error) {
-                return last_error.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never backed off with the expected error: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.wait_backing_off(name, SECS_20, expected).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

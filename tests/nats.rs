@@ -661,16 +661,8 @@ jetstream = {{ stream = "ORDERS", create_stream = true, ack_wait = "5s" }}
     drop(js);
 
     server.terminate();
-    let deadline = Instant::now() + SECS_20;
-    loop {
-        let s = trigger_state(&t, "resilient");
-        if let TriggerState::BackingOff { last_error, .. } = &s {
-            assert!(!last_error.is_empty());
-            break;
-        }
-        assert!(Instant::now() < deadline, "trigger never backed off: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    t.wait_backing_off("resilient", SECS_20, |e| !e.is_empty())
+        .await;
     assert_ne!(trigger_state(&t, "resilient"), TriggerState::Disabled);
 
     server.restart().await;

@@ -15,7 +15,6 @@ use common::{
 };
 use millgate_actors::job::JobStatus;
 use millgate_actors::triggers::sqs::aws_sdk_sqs;
-use millgate_actors::triggers::TriggerState;
 use serde_json::{json, Value};
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
@@ -507,16 +506,8 @@ wait_time = "1s"
 "#
     ))
     .await;
-    let deadline = Instant::now() + SECS_30;
-    loop {
-        let state = t.trigger_state("late");
-        if let TriggerState::BackingOff { last_error, .. } = state {
-            assert!(last_error.contains(&name), "{last_error}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never backed off");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.wait_backing_off("late", SECS_30, |e| e.contains(&name))
+        .await;
     let created = create_queue(&c, &name, &[]).await;
     assert_eq!(created, url);
     send(&c, &url, "{}").await;

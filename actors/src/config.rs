@@ -293,12 +293,9 @@ impl Config {
                 ),
             ));
         }
-        if let crate::triggers::TriggerSpec::Poll(p) = &trigger.spec {
-            if !self.runnables.contains_key(&p.poll_runnable) {
-                issues.push((
-                    "poll_runnable".into(),
-                    format!("unknown runnable `{}`", p.poll_runnable),
-                ));
+        for (key, runnable) in trigger.spec.kind().runnables() {
+            if !self.runnables.contains_key(runnable) {
+                issues.push((key.into(), format!("unknown runnable `{runnable}`")));
             }
         }
         if let Some(p) = &c.preprocessor {

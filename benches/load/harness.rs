@@ -115,6 +115,56 @@ impl Report {
     }
 }
 
+/// One side of a broker scenario: a consumer draining `messages` in `secs`, using `cpu_us` of
+/// its own CPU per message.
+pub struct Drain {
+    pub label: &'static str,
+    pub messages: u64,
+    pub secs: f64,
+    pub cpu_us: Option<f64>,
+}
+
+impl Drain {
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.secs
+    }
+
+    /// `{secs, msgs_per_sec, cpu_us_per_msg}` plus `extra`'s keys.
+    pub fn figures(&self, extra: Value) -> Value {
+        let mut v = json!({
+            "secs": round(self.secs, 3),
+            "msgs_per_sec": round(self.rate(), 1),
+            "cpu_us_per_msg": self.cpu_us.map(|c| round(c, 1)),
+        });
+        if let (Some(o), Value::Object(more)) = (v.as_object_mut(), extra) {
+            o.extend(more);
+        }
+        v
+    }
+}
+
+/// The table of a broker scenario: the raw client, millgate, and millgate's rate as a ratio of
+/// the client's (against `target`). The caller adds its notes and figures.
+pub fn drain_report(title: String, base: &Drain, mg: &Drain, target: f64) -> (Report, f64) {
+    let rate_ratio = ratio(mg.rate(), base.rate());
+    let mut r = Report::new(title, vec!["", "msgs/s", "secs", "CPU us/msg"]);
+    for side in [base, mg] {
+        r.row(vec![
+            side.label.into(),
+            f0(side.rate()),
+            f2(side.secs),
+            side.cpu_us.map(f0).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    r.row(vec![
+        format!("ratio (target >= {target})"),
+        format!("{rate_ratio:.3}"),
+        String::new(),
+        String::new(),
+    ]);
+    (r, rate_ratio)
+}
+
 /// CPU time (user + system, seconds) a process has used so far; `None` when unreadable.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

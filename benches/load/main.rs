@@ -18,6 +18,7 @@
 //! | `footprint` | 6 | RSS with 0 / 1,000 / 10,000 webhook triggers, 100 NATS triggers |
 //! | `spawn` | 7 | `true` as a command runnable at runner pool sizes 1, 2, 8 vs raw spawns |
 //! | `sqs` | 13 | 1k messages preloaded in moto: sqs trigger → echo vs raw aws-sdk-sqs client |
+//! | `pubsub` | 13 | 2k messages preloaded in pstest: pubsub trigger → echo vs raw gcloud-pubsub streaming pull |
 //!
 //! Each scenario prints a table and writes `target/bench-results/<name>.json`; millgate's logs
 //! go to `target/bench-results/logs/`. A scenario whose broker is not reachable prints
@@ -35,6 +36,7 @@ mod harness;
 mod kafka;
 mod mqtt;
 mod nats;
+mod pubsub;
 mod spawn;
 mod sqs;
 mod webhook;
@@ -55,6 +57,10 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("footprint", "6. idle footprint (RSS)"),
     ("spawn", "7. command runnable spawn rate"),
     ("sqs", "8. SQS -> noop vs raw aws-sdk-sqs client"),
+    (
+        "pubsub",
+        "9. Pub/Sub -> noop vs raw gcloud-pubsub streaming pull",
+    ),
 ];
 
 async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
@@ -68,6 +74,7 @@ async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
         "footprint" => footprint::run(ctx).await,
         "spawn" => spawn::run(ctx).await,
         "sqs" => sqs::run(ctx).await,
+        "pubsub" => pubsub::run(ctx).await,
         other => Err(format!("unknown scenario `{other}`")),
     }
 }

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::brokers;
 use crate::harness::{
-    cpu_secs, cpu_us_per, f0, f2, ratio, round, unique, BenchResult, Context, Ctx, Millgate,
-    Outcome, Report,
+    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain,
+    Millgate, Outcome,
 };
 
 const PAYLOAD: &[u8] =
@@ -156,7 +156,6 @@ pub async fn run(ctx: &Ctx) -> BenchResult<Outcome> {
     let cpu0 = cpu_secs(me);
     let base_secs = raw_drain(port, &raw_id, n).await?;
     let base_cpu_us = cpu_us_per(cpu_secs(me), cpu0, n);
-    let base_rate = n as f64 / base_secs;
 
     // millgate: an mqtt trigger resuming the other session.
     let config = format!(
@@ -220,36 +219,25 @@ subscriptions = [{{ topic = "{topic}", qos = 1 }}]
     let hwm_kb = m.status_kb("VmHWM");
     m.stop().await?;
     let mg_secs = (t1 - t0).as_secs_f64();
-    let mg_rate = n as f64 / mg_secs;
     let created = counters["jobs_created"].as_u64().unwrap_or(0);
 
-    let rate_ratio = ratio(mg_rate, base_rate);
-    let mut r = Report::new(
-        format!(
-            "{n} MQTT QoS 1 messages ({} B) preloaded in a persistent session, broker window 20",
-            PAYLOAD.len()
-        ),
-        vec!["", "msgs/s", "secs", "CPU us/msg"],
+    let base = Drain {
+        label: "raw rumqttc subscriber, ack on arrival",
+        messages: n,
+        secs: base_secs,
+        cpu_us: base_cpu_us,
+    };
+    let mine = Drain {
+        label: "millgate trigger -> echo, ack after run",
+        messages: n,
+        secs: mg_secs,
+        cpu_us: mg_cpu_us,
+    };
+    let title = format!(
+        "{n} MQTT QoS 1 messages ({} B) preloaded in a persistent session, broker window 20",
+        PAYLOAD.len()
     );
-    let us = |c: Option<f64>| c.map(f0).unwrap_or_else(|| "-".into());
-    r.row(vec![
-        "raw rumqttc subscriber, ack on arrival".into(),
-        f0(base_rate),
-        f2(base_secs),
-        us(base_cpu_us),
-    ]);
-    r.row(vec![
-        "millgate trigger -> echo, ack after run".into(),
-        f0(mg_rate),
-        f2(mg_secs),
-        us(mg_cpu_us),
-    ]);
-    r.row(vec![
-        "ratio (target >= 0.5)".into(),
-        format!("{rate_ratio:.3}"),
-        String::new(),
-        String::new(),
-    ]);
+    let (mut r, rate_ratio) = drain_report(title, &base, &mine, 0.5);
     r.note("CPU us/msg: the consuming process's CPU (the bench for the raw client, millgate) per message; the broker's is not counted");
     r.note(format!(
         "preload {preload_secs:.1} s; broker: {}; millgate jobs created {created} of {n}; peak RSS {} MiB",
@@ -259,11 +247,8 @@ subscriptions = [{{ topic = "{topic}", qos = 1 }}]
     r.figures = json!({
         "messages": n, "payload_bytes": PAYLOAD.len(), "broker": broker.describe(),
         "preload_secs": round(preload_secs, 2),
-        "baseline": {"secs": round(base_secs, 3), "msgs_per_sec": round(base_rate, 1),
-                     "cpu_us_per_msg": base_cpu_us.map(|c| round(c, 1))},
-        "millgate": {"secs": round(mg_secs, 3), "msgs_per_sec": round(mg_rate, 1),
-                     "cpu_us_per_msg": mg_cpu_us.map(|c| round(c, 1)),
-                     "jobs_created": created, "vm_hwm_kb": hwm_kb},
+        "baseline": base.figures(json!({})),
+        "millgate": mine.figures(json!({"jobs_created": created, "vm_hwm_kb": hwm_kb})),
         "ratio": rate_ratio,
     });
     if created != n {

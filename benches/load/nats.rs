@@ -11,8 +11,8 @@ use async_nats::jetstream::{self, consumer::pull};
 
 use crate::brokers;
 use crate::harness::{
-    cpu_secs, cpu_us_per, f0, f2, ratio, round, unique, BenchResult, Context, Ctx, Millgate,
-    Outcome, Report,
+    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain,
+    Millgate, Outcome,
 };
 
 /// millgate's defaults for a JetStream trigger, used by the baseline too.
@@ -172,7 +172,6 @@ async fn measure(
     let t1 = wait_acked(stream, "raw", last, Duration::from_secs(300)).await?;
     let base_cpu_us = cpu_us_per(cpu_secs(me), cpu0, n);
     let base_secs = (t1 - t0).as_secs_f64();
-    let base_rate = n as f64 / base_secs;
 
     // millgate: a JetStream trigger on the same stream, its own durable consumer.
     let config = format!(
@@ -200,36 +199,28 @@ jetstream = {{ stream = "{name}", consumer = "millgate_bench" }}
     let t1 = wait_acked(stream, "millgate_bench", last, Duration::from_secs(900)).await?;
     let mg_cpu_us = cpu_us_per(cpu_secs(m.pid()), cpu0, n);
     let mg_secs = (t1 - t0).as_secs_f64();
-    let mg_rate = n as f64 / mg_secs;
     let counters = m.wait_drained("js", Duration::from_secs(60)).await?;
     let hwm_kb = m.status_kb("VmHWM");
     m.stop().await?;
     let succeeded = counters["jobs_succeeded"].as_u64().unwrap_or(0);
 
-    let rate_ratio = ratio(mg_rate, base_rate);
-    let mut r = Report::new(
-        format!("{n} JetStream messages preloaded ({} B), batch {BATCH}, max_ack_pending {MAX_ACK_PENDING}", PAYLOAD.len()),
-        vec!["", "msgs/s", "secs", "CPU us/msg"],
+    let base = Drain {
+        label: "raw pull consumer, fetch + ack",
+        messages: n,
+        secs: base_secs,
+        cpu_us: base_cpu_us,
+    };
+    let mine = Drain {
+        label: "millgate trigger -> echo, ack after run",
+        messages: n,
+        secs: mg_secs,
+        cpu_us: mg_cpu_us,
+    };
+    let title = format!(
+        "{n} JetStream messages preloaded ({} B), batch {BATCH}, max_ack_pending {MAX_ACK_PENDING}",
+        PAYLOAD.len()
     );
-    let us = |c: Option<f64>| c.map(f0).unwrap_or_else(|| "-".into());
-    r.row(vec![
-        "raw pull consumer, fetch + ack".into(),
-        f0(base_rate),
-        f2(base_secs),
-        us(base_cpu_us),
-    ]);
-    r.row(vec![
-        "millgate trigger -> echo, ack after run".into(),
-        f0(mg_rate),
-        f2(mg_secs),
-        us(mg_cpu_us),
-    ]);
-    r.row(vec![
-        "ratio (target >= 0.8)".into(),
-        format!("{rate_ratio:.3}"),
-        String::new(),
-        String::new(),
-    ]);
+    let (mut r, rate_ratio) = drain_report(title, &base, &mine, 0.8);
     r.note("CPU us/msg: the consuming process's CPU (the bench for the raw client, millgate) per message; the broker's is not counted");
     r.note(format!(
         "preload {preload_secs:.1} s; millgate jobs succeeded {succeeded} of {n}; peak RSS {} MiB (default retention)",
@@ -238,11 +229,8 @@ jetstream = {{ stream = "{name}", consumer = "millgate_bench" }}
     r.figures = json!({
         "messages": n, "payload_bytes": PAYLOAD.len(), "batch": BATCH,
         "max_ack_pending": MAX_ACK_PENDING, "preload_secs": round(preload_secs, 2),
-        "baseline": {"secs": round(base_secs, 3), "msgs_per_sec": round(base_rate, 1),
-                     "cpu_us_per_msg": base_cpu_us.map(|c| round(c, 1))},
-        "millgate": {"secs": round(mg_secs, 3), "msgs_per_sec": round(mg_rate, 1),
-                     "cpu_us_per_msg": mg_cpu_us.map(|c| round(c, 1)),
-                     "jobs_succeeded": succeeded, "vm_hwm_kb": hwm_kb},
+        "baseline": base.figures(json!({})),
+        "millgate": mine.figures(json!({"jobs_succeeded": succeeded, "vm_hwm_kb": hwm_kb})),
         "ratio": rate_ratio,
     });
     if succeeded != n {

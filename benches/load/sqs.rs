@@ -13,8 +13,8 @@ use aws_sdk_sqs::types::{
 };
 
 use crate::harness::{
-    cpu_secs, cpu_us_per, f0, f2, reachable, round, unique, BenchResult, Context, Ctx, Millgate,
-    Outcome, Report,
+    cpu_secs, cpu_us_per, drain_report, reachable, round, unique, BenchResult, Context, Ctx,
+    Drain, Millgate, Outcome,
 };
 
 const MOTO: &str = "127.0.0.1:4566";
@@ -167,7 +167,6 @@ async fn measure(
     raw_client(c, base_url, n).await?;
     let base_secs = t0.elapsed().as_secs_f64();
     let base_cpu_us = cpu_us_per(cpu_secs(me), cpu0, n);
-    let base_rate = n as f64 / base_secs;
     // Loaded only now, so that the baseline's queue and this one are never deep at once.
     preload(c, mg_url, n).await?;
 
@@ -206,36 +205,25 @@ wait_time = "1s"
     }
     let mg_secs = t0.elapsed().as_secs_f64();
     let mg_cpu_us = cpu_us_per(cpu_secs(m.pid()), cpu0, n);
-    let mg_rate = n as f64 / mg_secs;
     let counters = m.wait_drained("q", Duration::from_secs(60)).await?;
     let hwm_kb = m.status_kb("VmHWM");
     m.stop().await?;
     let succeeded = counters["jobs_succeeded"].as_u64().unwrap_or(0);
 
-    let rate_ratio = crate::harness::ratio(mg_rate, base_rate);
-    let mut r = Report::new(
-        format!("{n} SQS messages preloaded ({} B) in moto", PAYLOAD.len()),
-        vec!["", "msgs/s", "secs", "CPU us/msg"],
-    );
-    let us = |c: Option<f64>| c.map(f0).unwrap_or_else(|| "-".into());
-    r.row(vec![
-        "raw client, receive 10 + delete batch".into(),
-        f0(base_rate),
-        f2(base_secs),
-        us(base_cpu_us),
-    ]);
-    r.row(vec![
-        "millgate trigger -> echo, delete after run".into(),
-        f0(mg_rate),
-        f2(mg_secs),
-        us(mg_cpu_us),
-    ]);
-    r.row(vec![
-        "ratio (target >= 0.8)".into(),
-        format!("{rate_ratio:.3}"),
-        String::new(),
-        String::new(),
-    ]);
+    let base = Drain {
+        label: "raw client, receive 10 + delete batch",
+        messages: n,
+        secs: base_secs,
+        cpu_us: base_cpu_us,
+    };
+    let mine = Drain {
+        label: "millgate trigger -> echo, delete after run",
+        messages: n,
+        secs: mg_secs,
+        cpu_us: mg_cpu_us,
+    };
+    let title = format!("{n} SQS messages preloaded ({} B) in moto", PAYLOAD.len());
+    let (mut r, rate_ratio) = drain_report(title, &base, &mine, 0.8);
     r.note("moto (one Python process) bounds both sides; millgate's time starts once it answers /healthz: it includes connecting to the queue");
     r.note(format!(
         "preload {preload_secs:.1} s; millgate jobs succeeded {succeeded} of {n}; peak RSS {} MiB",
@@ -243,11 +231,8 @@ wait_time = "1s"
     ));
     r.figures = json!({
         "messages": n, "payload_bytes": PAYLOAD.len(), "preload_secs": round(preload_secs, 2),
-        "baseline": {"secs": round(base_secs, 3), "msgs_per_sec": round(base_rate, 1),
-                     "cpu_us_per_msg": base_cpu_us.map(|c| round(c, 1))},
-        "millgate": {"secs": round(mg_secs, 3), "msgs_per_sec": round(mg_rate, 1),
-                     "cpu_us_per_msg": mg_cpu_us.map(|c| round(c, 1)),
-                     "jobs_succeeded": succeeded, "vm_hwm_kb": hwm_kb},
+        "baseline": base.figures(json!({})),
+        "millgate": mine.figures(json!({"jobs_succeeded": succeeded, "vm_hwm_kb": hwm_kb})),
         "ratio": rate_ratio,
     });
     if succeeded != n {

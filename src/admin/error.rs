@@ -55,6 +55,15 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_trigger", message)
     }
 
+    /// A JSON body nested deeper than `[server] max_json_depth`.
+    pub fn too_deep(err: millgate_actors::json::JsonError) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_deep",
+            format!("body refused: {err}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }

@@ -4,7 +4,9 @@
 //! - `Host` is the listener's own address (an IP literal or `localhost`, with its port) or an
 //!   `[admin] allowed_hosts` name: a page on another site that re-points its DNS name at
 //!   127.0.0.1 (DNS rebinding) sends its own name and is refused.
-//! - `Origin`, when a browser sends one, is that same host: cross-site requests are refused.
+//! - `Origin`, when a browser sends one, is the request's own `Host` (or an `allowed_hosts`
+//!   name, for a proxy that rewrites `Host`): cross-site requests are refused, a page on another
+//!   machine at the same port included.
 //! - Writes carry `application/json` or `application/toml` bodies: the content types a page can
 //!   send cross-site without a preflight (`text/plain`, forms) are refused.
 //!
@@ -57,6 +59,45 @@ impl Listener {
         self.allowed_hosts
             .iter()
             .any(|a| a == host || *a == format!("{host}:{port}"))
+    }
+}
+
+impl Listener {
+    /// Whether a page at `origin` (`scheme://authority`) may use the API through a request
+    /// whose `Host` is `host`: it is the same origin, or an `allowed_hosts` name.
+    fn accepts_origin(&self, origin: &str, host: &str) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let (authority, default_port) = match origin.split_once("://") {
+            Some(("http", a)) => (a, 80),
+            Some(("https", a)) => (a, 443),
+            _ => return false,
+        };
+        let host = host.trim().to_ascii_lowercase();
+        let same = match (
+            split_authority(authority, default_port),
+            // `Host` has no scheme: without a port it is the origin's default.
+            split_authority(&host, default_port),
+        ) {
+            (Some((oh, op)), Some((hh, hp))) => {
+                oh.trim_end_matches('.') == hh.trim_end_matches('.') && op == hp
+            }
+            _ => false,
+        };
+        if same {
+            return self.accepts(authority, default_port);
+        }
+        let Some((oh, op)) = split_authority(authority, default_port) else {
+            return false;
+        };
+        let oh = oh.trim_end_matches('.');
+        // This machine's loopback at this port is this listener, whatever name the page used.
+        let loopback = oh == "localhost" || oh.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if loopback && op == self.addr.port() {
+            return true;
+        }
+        self.allowed_hosts
+            .iter()
+            .any(|a| a == oh || *a == format!("{oh}:{op}"))
     }
 }
 
@@ -138,11 +179,7 @@ pub async fn check_request(State(state): State<AdminState>, req: Request, next: 
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("null").trim();
-        let accepted = match origin.split_once("://") {
-            Some(("http", authority)) => listener.accepts(authority, 80),
-            Some(("https", authority)) => listener.accepts(authority, 443),
-            _ => false,
-        };
+        let accepted = listener.accepts_origin(origin, host.as_deref().unwrap_or_default());
         if !accepted {
             return forbidden(
                 "origin_not_allowed",
@@ -245,6 +282,26 @@ mod tests {
             "[::1",
         ] {
             assert!(!l.accepts(refused, 80), "{refused}");
+        }
+        for (origin, host) in [
+            ("http://127.0.0.1:8081", "127.0.0.1:8081"),
+            ("http://LOCALHOST:8081", "localhost:8081"),
+            ("http://localhost:8081", "127.0.0.1:8081"),
+            ("https://admin.example.com", "127.0.0.1:8081"),
+            ("https://proxy.local:8443", "10.0.0.5:8081"),
+        ] {
+            assert!(l.accepts_origin(origin, host), "{origin} for {host}");
+        }
+        for (origin, host) in [
+            // Another machine serving a page at the same port.
+            ("http://203.0.113.9:8081", "127.0.0.1:8081"),
+            ("http://10.0.0.5:8081", "127.0.0.1:8081"),
+            ("http://127.0.0.1:8080", "127.0.0.1:8081"),
+            ("https://evil.example", "127.0.0.1:8081"),
+            ("null", "127.0.0.1:8081"),
+            ("file://", "127.0.0.1:8081"),
+        ] {
+            assert!(!l.accepts_origin(origin, host), "{origin} for {host}");
         }
     }
 }

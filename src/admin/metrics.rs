@@ -53,7 +53,7 @@ pub async fn render(State(state): State<AdminState>) -> impl IntoResponse {
         let name = rt.name().to_string();
         metrics::gauge!("millgate_trigger_in_flight", "trigger" => name.clone())
             .set(rt.in_flight.load(Ordering::Relaxed) as f64);
-        let up = matches!(rt.state_name(), "running" | "suspended");
+        let up = rt.is_up();
         metrics::gauge!("millgate_trigger_up", "trigger" => name).set(if up { 1.0 } else { 0.0 });
     }
     (

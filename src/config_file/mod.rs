@@ -99,17 +99,12 @@ pub fn load_str(
 
 /// Non-fatal advice about a valid configuration (printed by `millgate check` and at start).
 pub fn warnings(config: &Config) -> Vec<String> {
-    use millgate_actors::triggers::TriggerSpec;
     let mut out = Vec::new();
     for t in &config.triggers {
-        if let TriggerSpec::Webhook(w) = &t.spec {
-            if w.token.is_none() {
-                out.push(format!(
-                    "trigger `{}`: webhook has no `token`; anyone who can reach {} can call it",
-                    t.common.name, config.server.listen
-                ));
-            }
-        }
+        out.extend(t.spec.kind().warnings(&t.common.name).into_iter().map(|w| {
+            // The kind does not know where the listener is.
+            w.replace("the listener", &config.server.listen.to_string())
+        }));
     }
     out
 }

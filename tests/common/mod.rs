@@ -155,6 +155,31 @@ impl TestService {
         self.trigger(name).runtime.state()
     }
 
+    /// Waits until trigger `name` backs off with an error that satisfies `expected`; returns
+    /// the error. Fails with the state it last saw after `within`.
+    pub async fn wait_backing_off(
+        &self,
+        name: &str,
+        within: Duration,
+        expected: impl Fn(&str) -> bool,
+    ) -> String {
+        use millgate_actors::triggers::TriggerState;
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.trigger_state(name);
+            if let TriggerState::BackingOff { last_error, .. } = &s {
+                if expected(last_error) {
+                    return last_error.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never backed off with the expected error within {within:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A trigger's counters (events received, duplicates, outcomes).
     pub fn counters(&self, name: &str) -> std::sync::Arc<millgate_actors::ack::TriggerCounters> {
         self.trigger(name).runtime.counters.clone()

@@ -70,7 +70,7 @@ async fn webhook(
     let is_webhook = state
         .registry
         .get(&name)
-        .is_some_and(|e| matches!(e.config.spec, TriggerSpec::Webhook(_)));
+        .is_some_and(|e| e.config.spec.kind().at_hooks_path());
     if !is_webhook {
         return err(
             StatusCode::NOT_FOUND,
@@ -219,6 +219,9 @@ async fn read_request(
         .unwrap_or_default();
     // Credentials that do not depend on the body are checked before a byte of it is read, so
     // that unauthenticated uploads cost nothing.
+    if let Some(fetch) = kind.prepare(&parts.headers) {
+        fetch.await;
+    }
     if let Err(m) = kind.authorize_head(&parts.headers, &query) {
         return Err(err(StatusCode::UNAUTHORIZED, "unauthorized", m));
     }

@@ -146,6 +146,16 @@ impl TriggerRuntime {
         }
     }
 
+    /// Running (suspended or not): its connection or listener is up.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state(), TriggerState::Running)
+    }
+
+    /// Switched off by an operator.
+    pub fn is_disabled(&self) -> bool {
+        matches!(self.state(), TriggerState::Disabled)
+    }
+
     /// True when the trigger may take another event.
     pub fn has_capacity(&self) -> bool {
         self.slots.has_room()

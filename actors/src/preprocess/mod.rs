@@ -6,7 +6,7 @@
 //! - `command` runs a program with the event as JSON on stdin; its stdout (an object, an array
 //!   for fan-out, or `null` to filter) gives the args. It runs on a pool of preprocessor actors
 //!   (a ractor factory), so slow commands are bounded and never block a trigger actor.
-//! - none: Windmill's default mapping for the kind (see [`default_args`]).
+//! - none: Windmill's default mapping for the kind (see `TriggerKind::default_args`).
 
 mod jq;
 mod jq_pool;

@@ -19,9 +19,7 @@ use crate::model::ack::Watchers;
 use crate::model::events::SystemEvent;
 use crate::store::TriggerFlags;
 use crate::triggers::push::{PushArgs, PushMsg, PushTrigger};
-use crate::triggers::{
-    Intake, Origin, SourceArgs, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState,
-};
+use crate::triggers::{Intake, Origin, SourceArgs, TriggerConfig, TriggerRuntime, TriggerState};
 
 mod registry;
 mod root;
@@ -237,8 +235,8 @@ impl TriggerSupervisorState {
         if self.args.registry.get(&name).is_some() {
             return Err(TriggerError::Exists(name));
         }
-        // Only an http trigger adds a route: other kinds leave the table as it is.
-        let has_route = matches!(config.spec, TriggerSpec::Http(_));
+        // Only kinds with a route change the table: other kinds leave it as it is.
+        let has_route = config.spec.kind().http_route().is_some();
         if has_route {
             self.args
                 .registry

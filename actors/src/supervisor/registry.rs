@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::triggers::http::RouteTable;
 use crate::triggers::push::PushMsg;
-use crate::triggers::{Origin, TriggerConfig, TriggerRuntime, TriggerSpec, TriggerState};
+use crate::triggers::{Origin, TriggerConfig, TriggerRuntime, TriggerState};
 
 /// One trigger as the rest of the system sees it.
 pub struct TriggerEntry {
@@ -82,12 +82,11 @@ impl Registry {
             .map(|e| e.config.as_ref())
             .filter(|c| candidate.is_none_or(|cand| cand.name() != c.name()));
         for c in existing.chain(candidate) {
-            if let TriggerSpec::Http(h) = &c.spec {
-                let method = h
-                    .method()
-                    .ok_or_else(|| format!("method: `{}` is not an HTTP method", h.method))?;
+            if let Some((method, path)) = c.spec.kind().http_route() {
+                let method = crate::triggers::http::parse_method(method)
+                    .ok_or_else(|| format!("method: `{method}` is not an HTTP method"))?;
                 table
-                    .insert(&method, &h.path, c.name())
+                    .insert(&method, path, c.name())
                     .map_err(|e| format!("path: {e}"))?;
             }
         }

@@ -92,9 +92,38 @@ pub trait TriggerKind: Send + Sync {
     /// scripts take the same args here).
     fn default_args(&self) -> DefaultArgs;
 
-    /// The HTTP side of kinds the shared ingress serves (webhook, http).
+    /// The HTTP side of kinds the shared ingress serves (webhook, http, pubsub_push).
     fn push(&self) -> Option<&dyn PushKind> {
         None
+    }
+
+    /// The route a pushed kind serves on the shared listener, `(method, path)`: entered in
+    /// the route table, where two triggers may not claim the same one.
+    fn http_route(&self) -> Option<(&str, &str)> {
+        None
+    }
+
+    /// Whether the kind is served at `POST /hooks/{trigger}` (webhooks).
+    fn at_hooks_path(&self) -> bool {
+        false
+    }
+
+    /// Advice about a valid trigger, printed by `millgate check` and at start (a webhook open
+    /// to anyone).
+    fn warnings(&self, _trigger: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Runnables the kind names besides the trigger's `runnable`, as `(key, runnable)`: they
+    /// must be defined like it (a poll's `poll_runnable`).
+    fn runnables(&self) -> Vec<(&str, &str)> {
+        Vec::new()
+    }
+
+    /// Whether the kind fires on its own clock (schedule, poll): its status is also shown
+    /// under the admin API's `schedule` field.
+    fn timed(&self) -> bool {
+        false
     }
 
     /// Starts the actor of a kind that pulls its events (brokers, timers), linked to
@@ -108,7 +137,8 @@ pub trait TriggerKind: Send + Sync {
     }
 
     /// Whether the source keeps each event until millgate acknowledges it, and hands it over
-    /// again after a crash (JetStream, Kafka, a persistent MQTT QoS ≥ 1 session). Such a
+    /// again after a crash (JetStream, Kafka, a persistent MQTT QoS ≥ 1 session, SQS deleting
+    /// after the run, Pub/Sub pull). Such a
     /// source is the log: its jobs are written without waiting for the disk. Sources that
     /// cannot redeliver wait for one durable write before they answer.
     fn redelivers(&self) -> bool {

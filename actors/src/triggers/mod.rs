@@ -10,6 +10,7 @@
 //! connection), one line in [`trigger_kinds!`] below, its test file and its README section
 //! (docs/architecture.md has the recipe).
 
+pub mod batch;
 pub mod delivery;
 pub mod http;
 #[cfg(feature = "kafka")]
@@ -105,6 +106,8 @@ trigger_kinds! {
     "sqs" => Sqs(sqs::SqsConfig),
     #[cfg(feature = "pubsub")]
     "pubsub" => PubSub(pubsub::PubSubConfig),
+    #[cfg(feature = "pubsub")]
+    "pubsub_push" => PubSubPush(pubsub::PubSubPushConfig),
 }
 
 /// Keys every trigger has, whatever its kind (`kind` itself picks the [`TriggerSpec`]).

@@ -98,6 +98,14 @@ pub trait PushKind: Send + Sync {
     /// The credentials that do not depend on the body, checked before it is read.
     fn authorize_head(&self, headers: &HeaderMap, query: &[(String, String)])
         -> Result<(), String>;
+    /// Fetches what [`PushKind::authorize_head`] needs from elsewhere, before it is called
+    /// (the published keys of a Pub/Sub push's OIDC token); most kinds need nothing.
+    fn prepare<'a>(
+        &'a self,
+        _headers: &'a HeaderMap,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>> {
+        None
+    }
     /// Whether the caller may read this trigger's jobs (`GET /jobs/{id}`).
     fn authorize_reader(&self, headers: &HeaderMap, query: &[(String, String)]) -> bool;
     fn event(&self, trigger: &str, req: &IncomingRequest) -> Result<Value, Rejection>;
@@ -110,6 +118,11 @@ pub trait PushKind: Send + Sync {
     ) -> Result<EventId, Rejection>;
     fn mode(&self) -> Mode;
     fn sync_timeout(&self) -> Option<Duration>;
+    /// The status of a sync answer whose job was dead-lettered (`500`; a Pub/Sub push
+    /// acknowledges it with a `2xx` unless `on_dead_letter = "nack"`).
+    fn dead_letter_status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,6 +218,7 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
         }
     };
     let mode = kind.mode();
+    let failed = kind.dead_letter_status();
     let timeout = kind.sync_timeout().unwrap_or(state.default_sync_timeout);
     let span = tracing::info_span!(
         "event",
@@ -227,12 +241,24 @@ fn admit(state: &PushArgs, req: IncomingRequest, reply: RpcReplyPort<PushRespons
             };
             tracing::Span::current().record("event_id", event.id.as_str());
             tracing::debug!("event received");
-            let response =
-                journey(&rt, &intake, &watchers, event, reservation, mode, timeout).await;
+            let answer = Answer {
+                mode,
+                timeout,
+                failed,
+            };
+            let response = journey(&rt, &intake, &watchers, event, reservation, answer).await;
             let _ = reply.send(response);
         }
         .instrument(span),
     );
+}
+
+/// How a request is answered: when (`mode`, `timeout`) and with which status when its job was
+/// dead-lettered.
+struct Answer {
+    mode: Mode,
+    timeout: Duration,
+    failed: StatusCode,
 }
 
 async fn journey(
@@ -241,8 +267,11 @@ async fn journey(
     watchers: &Watchers,
     event: Event,
     reservation: Reservation,
-    mode: Mode,
-    timeout: Duration,
+    Answer {
+        mode,
+        timeout,
+        failed,
+    }: Answer,
 ) -> PushResponse {
     let event_id = event.id.clone();
     let claim = if event.dedup {
@@ -309,7 +338,7 @@ async fn journey(
                 .into_iter()
                 .map(|(id, rx)| (id, async move { rx.await.ok() }))
                 .collect();
-            wait_for(&ids, waits, timeout).await
+            wait_for(&ids, waits, timeout, failed).await
         }
         Ok(Accepted::Duplicate(ids)) if mode == Mode::Async => PushResponse::json(
             StatusCode::OK,
@@ -337,7 +366,7 @@ async fn journey(
                     rx.await.ok()
                 }));
             }
-            let r = wait_for(&ids, waits, timeout).await;
+            let r = wait_for(&ids, waits, timeout, failed).await;
             for id in &ids {
                 watchers.forget(*id);
             }
@@ -358,8 +387,13 @@ fn busy(rt: &TriggerRuntime, why: String) -> PushResponse {
 }
 
 /// Waits for every job's outcome up to `timeout` and shapes the sync answer: one job → its
-/// result; several → an array; a dead letter → 500; out of time → 504 (the jobs keep running).
-async fn wait_for<F>(ids: &[JobId], waits: Vec<(JobId, F)>, timeout: Duration) -> PushResponse
+/// result; several → an array; a dead letter → `failed` (500 by default); out of time → 504 (the jobs keep running).
+async fn wait_for<F>(
+    ids: &[JobId],
+    waits: Vec<(JobId, F)>,
+    timeout: Duration,
+    failed: StatusCode,
+) -> PushResponse
 where
     F: std::future::Future<Output = Option<JobOutcome>>,
 {
@@ -383,11 +417,16 @@ where
     };
     let mut results = Vec::new();
     let mut failures = Vec::new();
+    let mut status = failed;
     for (id, o) in ids.iter().zip(outcomes) {
         match o {
             Some(JobOutcome::Succeeded(v)) => results.push(v),
             Some(JobOutcome::DeadLettered(e)) => failures.push(json!({"job_id": id, "error": e})),
-            None => failures.push(json!({"job_id": id, "error": "outcome lost (router stopped)"})),
+            None => {
+                // Not durable: never an answer a sender could take for done.
+                status = StatusCode::INTERNAL_SERVER_ERROR;
+                failures.push(json!({"job_id": id, "error": "outcome lost (router stopped)"}));
+            }
         }
     }
     if failures.is_empty() {
@@ -406,5 +445,5 @@ where
     let mut body = error_body("job_failed", message);
     body["job_id"] = json!(first);
     body["failures"] = Value::Array(failures);
-    PushResponse::json(StatusCode::INTERNAL_SERVER_ERROR, body)
+    PushResponse::json(status, body)
 }

@@ -1,5 +1,5 @@
 //! Acknowledgement after the outcome, for sources whose broker waits for it (JetStream, MQTT
-//! QoS ≥ 1): one task per connection tracks every received message until all its jobs have a
+//! QoS ≥ 1, SQS, Pub/Sub): one task per connection tracks every received message until all its jobs have a
 //! durable outcome, then tells the broker through the source's [`Acknowledger`]. A job's handle
 //! dropped unsettled (its outcome is not durable) makes the message [`Acknowledger::unsettled`]
 //! instead, for the broker to hand it over again. Messages still unsettled hear

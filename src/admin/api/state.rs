@@ -42,9 +42,13 @@ fn view(trigger: String, saved: SavedStateOf) -> SavedStateView {
     }
 }
 
+/// A JSON body within `[server] max_json_depth`, as every document millgate stores.
 fn json_body(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))
+    use millgate_actors::json::{parse, JsonError};
+    parse(body).map_err(|err| match err {
+        JsonError::TooDeep { .. } => ApiError::too_deep(err),
+        JsonError::Invalid(e) => ApiError::bad_request(format!("body is not valid JSON: {e}")),
+    })
 }
 
 /// A trigger's saved state: `{"trigger", "kind", "state"}` (`state` null when nothing was saved

@@ -279,7 +279,7 @@ pub async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Readin
         .service
         .triggers()
         .iter()
-        .filter(|e| !matches!(e.runtime.state_name(), "running" | "suspended" | "disabled"))
+        .filter(|e| !(e.runtime.is_up() || e.runtime.is_disabled()))
         .map(|e| NotRunning {
             trigger: e.runtime.name().to_string(),
             state: e.runtime.state_name().to_string(),

@@ -38,7 +38,8 @@ pub fn routes() -> OpenApiRouter<AdminState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TriggerView {
     pub name: String,
-    /// `webhook`, `http`, `schedule`, `poll`, `nats`, `mqtt`, `kafka`.
+    /// The `kind = "..."` of the trigger (`webhook`, `http`, `nats`, `mqtt`, `kafka`, `sqs`,
+    /// `pubsub`, `pubsub_push`, `schedule`, `poll`).
     pub kind: String,
     /// Pushed kinds: answered when the job is queued or when it has finished; null otherwise.
     pub mode: Option<ModeView>,
@@ -67,6 +68,9 @@ pub struct TriggerView {
     /// connection's state (Kafka: group, assigned partitions and positions).
     #[schema(value_type = Value)]
     pub source_status: Value,
+    /// Whether the trigger fires on its own clock (schedule, poll): it has next fire times and
+    /// a saved state an operator may edit.
+    pub timed: bool,
     /// `source_status` again for schedule and poll triggers (null for others): kept for the
     /// clients of the first API version.
     #[schema(value_type = Value)]
@@ -157,7 +161,7 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> TriggerView {
         kind: rt.kind().to_string(),
         mode: entry.config.mode().map(ModeView::from),
         source: entry.origin.into(),
-        enabled: rt.state_name() != "disabled",
+        enabled: !rt.is_disabled(),
         suspended: rt.is_suspended(),
         state: rt.state_name().to_string(),
         last_error,
@@ -177,9 +181,11 @@ fn trigger_view(entry: &TriggerEntry, state: &AdminState) -> TriggerView {
         },
         config: redacted_config(&entry.config),
         // The first API version's name, by kind: a frozen compatibility field.
-        schedule: match rt.kind() {
-            "schedule" | "poll" => source_status.clone(),
-            _ => Value::Null,
+        timed: entry.config.spec.kind().timed(),
+        schedule: if entry.config.spec.kind().timed() {
+            source_status.clone()
+        } else {
+            Value::Null
         },
         source_status,
         released: None,
@@ -221,13 +227,20 @@ async fn get_trigger(
 fn parse_trigger(headers: &HeaderMap, body: &[u8]) -> ApiResult<TriggerConfig> {
     let toml = guard::media_type(headers).as_deref() == Some(guard::TOML);
     let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+    use millgate_actors::json::{check, parse, JsonError};
     let map = if toml {
-        toml_table(text)?
+        let map = toml_table(text)?;
+        // TOML has no depth limit of its own; what is stored must read back.
+        for v in map.values() {
+            check(v).map_err(ApiError::too_deep)?;
+        }
+        map
     } else {
-        match serde_json::from_str::<Value>(text) {
+        match parse(text.as_bytes()) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return Err(ApiError::bad_request("body must be a JSON object")),
-            Err(e) => {
+            Err(e @ JsonError::TooDeep { .. }) => return Err(ApiError::too_deep(e)),
+            Err(JsonError::Invalid(e)) => {
                 return Err(ApiError::bad_request(format!(
                     "body is not valid JSON: {e}"
                 )))

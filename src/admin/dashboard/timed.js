@@ -130,7 +130,7 @@ export function createTimedView({ h, api, say, byTestId, fmtTime, errorText, enc
   return {
     /** The trigger list changed: show its schedules and polls, then their saved states. */
     update(triggers) {
-      timed = triggers.filter((t) => t.kind === 'schedule' || t.kind === 'poll');
+      timed = triggers.filter((t) => t.timed);
       for (const name of states.keys()) {
         if (!timed.some((t) => t.name === name)) states.delete(name);
       }

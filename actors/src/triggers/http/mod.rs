@@ -61,13 +61,18 @@ fn default_method() -> String {
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// `get | post | put | patch | delete` (any case) as a method; `None` for anything else.
+pub fn parse_method(method: &str) -> Option<Method> {
+    let upper = method.to_ascii_uppercase();
+    METHODS
+        .contains(&upper.as_str())
+        .then(|| Method::from_bytes(upper.as_bytes()).ok())
+        .flatten()
+}
+
 impl HttpRouteConfig {
     pub fn method(&self) -> Option<Method> {
-        let upper = self.method.to_ascii_uppercase();
-        METHODS
-            .contains(&upper.as_str())
-            .then(|| Method::from_bytes(upper.as_bytes()).ok())
-            .flatten()
+        parse_method(&self.method)
     }
 
     pub fn validate(&self, name: &str, routes: &mut RouteTable) -> Vec<(String, String)> {
@@ -120,6 +125,10 @@ impl TriggerKind for HttpRouteConfig {
 
     fn push(&self) -> Option<&dyn PushKind> {
         Some(self)
+    }
+
+    fn http_route(&self) -> Option<(&str, &str)> {
+        Some((&self.method, &self.path))
     }
 }
 

@@ -19,10 +19,14 @@
 //! subscription has a dead-letter policy). The event id is subscription + message id +
 //! publish time, so a redelivery is deduplicated.
 //!
-//! Files: `config.rs` (keys, the client), `event.rs`, `stream.rs` (the source).
+//! Files: `config.rs` (keys, the client), `event.rs`, `stream.rs` (the source), `acks.rs`
+//! (acks, nacks and deadline renewals in batches).
 
+mod acks;
 mod config;
 mod event;
+mod oidc;
+mod push;
 mod stream;
 
 /// The client this trigger speaks, for tests and tools that publish to it.
@@ -33,11 +37,14 @@ pub use gcloud_pubsub;
 use serde_json::json;
 
 pub use self::config::{PubSubConfig, PubSubDeadLetter, EMULATOR_ENV};
+pub use self::push::PubSubPushConfig;
 use self::stream::PubSubSource;
 use crate::preprocess::{DefaultArgs, KeyExpr};
 use crate::triggers::http::RouteTable;
 use crate::triggers::kind::{SpawnFuture, TriggerKind};
 use crate::triggers::SourceArgs;
+/// What tests sign push tokens with.
+pub use jsonwebtoken;
 
 impl TriggerKind for PubSubConfig {
     fn validate(&self, _trigger: &str, _routes: &mut RouteTable) -> Vec<(String, String)> {
@@ -55,40 +62,15 @@ impl TriggerKind for PubSubConfig {
 
     /// By default one ordering key's jobs run in order; messages without one are not ordered.
     fn order_by(&self, configured: Option<&str>) -> Option<Result<KeyExpr, String>> {
-        match configured {
-            None | Some("ordering_key") => Some((|| {
-                Ok(KeyExpr::FirstOf(vec![
-                    KeyExpr::compile(".ordering_key")?,
-                    KeyExpr::compile(".message_id")?,
-                ]))
-            })()),
-            Some("none") => None,
-            Some(other) => Some(KeyExpr::compile(other)),
-        }
+        ordering_key_order(configured)
     }
 
     fn order_by_expr(&self, configured: Option<&str>) -> Option<String> {
-        match configured {
-            None | Some("ordering_key") => Some(".ordering_key // .message_id".into()),
-            Some("none") => None,
-            other => other.map(str::to_string),
-        }
+        ordering_key_order_expr(configured)
     }
 
-    /// Windmill hands a Pub/Sub message to the script as its base64 `payload` with its ids.
     fn default_args(&self) -> DefaultArgs {
-        |event| {
-            let field = |k: &str| event.get(k).cloned().unwrap_or_default();
-            json!({
-                "payload": field("payload"),
-                "message_id": field("message_id"),
-                "subscription": field("subscription"),
-                "ordering_key": field("ordering_key"),
-                "attributes": field("attributes"),
-                "publish_time": field("publish_time"),
-                "delivery_type": "pull",
-            })
-        }
+        |event| windmill_args(event, "pull")
     }
 
     fn spawn_source(&self, args: SourceArgs, supervisor: ractor::ActorCell) -> Option<SpawnFuture> {
@@ -98,4 +80,41 @@ impl TriggerKind for PubSubConfig {
             supervisor,
         ))
     }
+}
+
+/// `order_by` of both deliveries: by default (or `"ordering_key"`) one ordering key's jobs run
+/// in order and messages without one are not ordered; `"none"`: no order.
+fn ordering_key_order(configured: Option<&str>) -> Option<Result<KeyExpr, String>> {
+    match configured {
+        None | Some("ordering_key") => Some((|| {
+            Ok(KeyExpr::FirstOf(vec![
+                KeyExpr::compile(".ordering_key")?,
+                KeyExpr::compile(".message_id")?,
+            ]))
+        })()),
+        Some("none") => None,
+        Some(other) => Some(KeyExpr::compile(other)),
+    }
+}
+
+fn ordering_key_order_expr(configured: Option<&str>) -> Option<String> {
+    match configured {
+        None | Some("ordering_key") => Some(".ordering_key // .message_id".into()),
+        Some("none") => None,
+        other => other.map(str::to_string),
+    }
+}
+
+/// Windmill hands a Pub/Sub message to the script as its base64 `payload` with its ids.
+fn windmill_args(event: &serde_json::Value, delivery_type: &str) -> serde_json::Value {
+    let field = |k: &str| event.get(k).cloned().unwrap_or_default();
+    json!({
+        "payload": field("payload"),
+        "message_id": field("message_id"),
+        "subscription": field("subscription"),
+        "ordering_key": field("ordering_key"),
+        "attributes": field("attributes"),
+        "publish_time": field("publish_time"),
+        "delivery_type": delivery_type,
+    })
 }

@@ -1,14 +1,12 @@
 //! The Pub/Sub source in the connector shell: a streaming pull whose messages are acked once
 //! their jobs settle, their ack deadline renewed meanwhile (`triggers/settle.rs`).
 
-use std::sync::Arc;
-
 use futures::{FutureExt, StreamExt};
-use gcloud_pubsub::subscriber::{ReceivedMessage, SubscriberConfig};
+use gcloud_pubsub::subscriber::SubscriberConfig;
 use gcloud_pubsub::subscription::{MessageStream, SubscribeConfig, SubscriptionConfig};
-use metrics::Counter;
 use serde_json::json;
 
+use super::acks::{AckBatcher, AckCall, PubSubAckSink, ACK_LINGER};
 use super::config::{PubSubConfig, PubSubDeadLetter};
 use super::event::pubsub_event;
 use crate::model::ack::AckHandle;
@@ -21,7 +19,7 @@ pub(super) struct PubSubSource {
     /// Set once connected.
     stream: Option<MessageStream>,
     acks: Option<Settler<PubSubAck>>,
-    counters: Option<Arc<AckCounters>>,
+    calls: Option<AckBatcher>,
     /// The number given to the next received message, for the settler.
     next_id: u64,
 }
@@ -29,83 +27,45 @@ pub(super) struct PubSubSource {
 /// What one message needs to be acked, nacked or kept.
 pub(super) struct Receipt {
     id: u64,
-    message: ReceivedMessage,
+    ack_id: String,
     acks: Settler<PubSubAck>,
 }
 
 /// A message whose jobs are running: acked once they settle (a dead-lettered one nacked with
 /// `on_dead_letter = "nack"`), its ack deadline renewed meanwhile.
 pub(super) struct PubSubAck {
-    message: ReceivedMessage,
+    ack_id: String,
     deadline_secs: i32,
     on_dead_letter: PubSubDeadLetter,
-    counters: Arc<AckCounters>,
-}
-
-/// `millgate_source_acks_total{kind="pubsub"}`, resolved once per connection.
-pub(super) struct AckCounters {
-    acked: Counter,
-    nacked: Counter,
-    extended: Counter,
-    failed: Counter,
-}
-
-impl AckCounters {
-    fn new(trigger: &str) -> Self {
-        let series = |action| crate::model::metrics::source_acks(trigger, "pubsub", action);
-        Self {
-            acked: series("acked"),
-            nacked: series("nacked"),
-            extended: series("extended"),
-            failed: series("failed"),
-        }
-    }
+    calls: AckBatcher,
 }
 
 impl PubSubAck {
-    async fn ack(&self) {
-        match self.message.ack().await {
-            Ok(()) => self.counters.acked.increment(1),
-            Err(e) => {
-                self.counters.failed.increment(1);
-                // Pub/Sub redelivers after the deadline; dedup turns that into an ack.
-                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not ack a Pub/Sub message");
-            }
-        }
+    fn ack(self) {
+        self.calls.send((AckCall::Ack, self.ack_id));
     }
 
-    async fn nack(&self) {
-        match self.message.nack().await {
-            Ok(()) => self.counters.nacked.increment(1),
-            Err(e) => {
-                self.counters.failed.increment(1);
-                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not nack a Pub/Sub message");
-            }
-        }
+    fn nack(self) {
+        self.calls.send((AckCall::Nack, self.ack_id));
     }
 }
 
 impl Acknowledger for PubSubAck {
     async fn settled(self, ok: bool) {
         if ok || self.on_dead_letter == PubSubDeadLetter::Ack {
-            self.ack().await;
+            self.ack();
         } else {
-            self.nack().await;
+            self.nack();
         }
     }
 
     async fn unsettled(self) {
-        self.nack().await;
+        self.nack();
     }
 
     async fn progress(&self) {
-        match self.message.modify_ack_deadline(self.deadline_secs).await {
-            Ok(()) => self.counters.extended.increment(1),
-            Err(e) => {
-                self.counters.failed.increment(1);
-                tracing::warn!(subscription = %self.message.subscription, error = %e, "could not extend a Pub/Sub ack deadline");
-            }
-        }
+        let call = AckCall::Extend(self.deadline_secs);
+        self.calls.send((call, self.ack_id.clone()));
     }
 }
 
@@ -115,7 +75,7 @@ impl PubSubSource {
             cfg,
             stream: None,
             acks: None,
-            counters: None,
+            calls: None,
             next_id: 0,
         }
     }
@@ -183,7 +143,10 @@ impl Source for PubSubSource {
             .map_err(|e| format!("streaming pull on `{name}`: {e}"))?;
         let every = self.cfg.ack_deadline / 2;
         self.acks = Some(Settler::start(Some(every)));
-        self.counters = Some(Arc::new(AckCounters::new(ctx.name())));
+        self.calls = Some(AckBatcher::start(
+            PubSubAckSink::new(subscription.get_client(), name.clone(), ctx.name()),
+            ACK_LINGER,
+        ));
         self.stream = Some(stream);
         tracing::info!(trigger = ctx.name(), subscription = %name, "pubsub streaming pull ready");
         self.status(ctx, true, None);
@@ -220,7 +183,7 @@ impl Source for PubSubSource {
                 event: pubsub_event(ctx.name(), &subscription, &message),
                 receipt: Receipt {
                     id: self.next_id,
-                    message,
+                    ack_id: message.ack_id,
                     acks: acks.clone(),
                 },
             });
@@ -238,12 +201,12 @@ impl Source for PubSubSource {
         r: Receipt,
         answer: &Result<Accepted, IntakeError>,
     ) -> Result<(), String> {
-        let counters = self.counters.clone().ok_or("not connected")?;
+        let calls = self.calls.clone().ok_or("not connected")?;
         let ack = PubSubAck {
-            message: r.message,
+            ack_id: r.ack_id,
             deadline_secs: self.deadline_secs(),
             on_dead_letter: self.cfg.on_dead_letter,
-            counters,
+            calls,
         };
         match answer {
             Ok(Accepted::Queued(ids)) => {
@@ -252,9 +215,9 @@ impl Source for PubSubSource {
             }
             Ok(Accepted::DeadLettered(_)) => ack.settled(false).await,
             // Already durable (parked, an earlier delivery's jobs) or nothing to run.
-            Ok(_) => ack.ack().await,
+            Ok(_) => ack.ack(),
             // Handed back for another delivery; the shell fails the actor.
-            Err(_) => ack.nack().await,
+            Err(_) => ack.nack(),
         }
         r.acks.forget(r.id);
         Ok(())
@@ -269,5 +232,6 @@ impl Source for PubSubSource {
             stream.dispose().await;
         }
         self.acks = None;
+        self.calls = None;
     }
 }

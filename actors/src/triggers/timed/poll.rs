@@ -95,6 +95,14 @@ impl TriggerKind for PollConfig {
         PollConfig::endpoint(self)
     }
 
+    fn runnables(&self) -> Vec<(&str, &str)> {
+        vec![("poll_runnable", &self.poll_runnable)]
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
     /// One item of the poll's result.
     fn default_args(&self) -> DefaultArgs {
         |event| event.get("item").cloned().unwrap_or_default()

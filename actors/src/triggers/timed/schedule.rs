@@ -167,6 +167,10 @@ impl TriggerKind for ScheduleConfig {
     fn saved_state(&self) -> SavedState {
         SavedState::Patch(ScheduleState::patch)
     }
+
+    fn timed(&self) -> bool {
+        true
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

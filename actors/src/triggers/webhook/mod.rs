@@ -116,6 +116,19 @@ impl TriggerKind for WebhookConfig {
     fn push(&self) -> Option<&dyn PushKind> {
         Some(self)
     }
+
+    fn at_hooks_path(&self) -> bool {
+        true
+    }
+
+    fn warnings(&self, trigger: &str) -> Vec<String> {
+        if self.token.is_some() {
+            return Vec::new();
+        }
+        vec![format!(
+            "trigger `{trigger}`: webhook has no `token`; anyone who can reach the listener can call it"
+        )]
+    }
 }
 
 impl PushKind for WebhookConfig {
