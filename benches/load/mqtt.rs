@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::brokers;
 use crate::harness::{
-    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain,
-    Millgate, Outcome,
+    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain, Millgate,
+    Outcome,
 };
 
 const PAYLOAD: &[u8] =

@@ -11,8 +11,8 @@ use async_nats::jetstream::{self, consumer::pull};
 
 use crate::brokers;
 use crate::harness::{
-    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain,
-    Millgate, Outcome,
+    cpu_secs, cpu_us_per, drain_report, round, unique, BenchResult, Context, Ctx, Drain, Millgate,
+    Outcome,
 };
 
 /// millgate's defaults for a JetStream trigger, used by the baseline too.

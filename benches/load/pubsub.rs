@@ -16,8 +16,8 @@ use millgate_actors::triggers::pubsub::gcloud_pubsub::subscription::{
 use serde_json::json;
 
 use crate::harness::{
-    cpu_secs, cpu_us_per, drain_report, reachable, round, unique, BenchResult, Context, Ctx,
-    Drain, Millgate, Outcome,
+    cpu_secs, cpu_us_per, drain_report, reachable, round, unique, BenchResult, Context, Ctx, Drain,
+    Millgate, Outcome,
 };
 
 const PSTEST: &str = "127.0.0.1:8085";

@@ -13,8 +13,8 @@ use aws_sdk_sqs::types::{
 };
 
 use crate::harness::{
-    cpu_secs, cpu_us_per, drain_report, reachable, round, unique, BenchResult, Context, Ctx,
-    Drain, Millgate, Outcome,
+    cpu_secs, cpu_us_per, drain_report, reachable, round, unique, BenchResult, Context, Ctx, Drain,
+    Millgate, Outcome,
 };
 
 const MOTO: &str = "127.0.0.1:4566";
