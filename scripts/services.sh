@@ -2,7 +2,7 @@
 # Installs and starts what the test suite needs, idempotently, on 127.0.0.1 only.
 # Today's tests need a Rust toolchain, what the build needs besides it (scripts/build-deps.sh:
 # a C/C++ toolchain with make and perl), and the brokers below (NATS, Mosquitto, tansu for
-# Kafka, moto for SQS, pstest for Pub/Sub); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
+# Kafka, moto for SQS, pstest for Pub/Sub, Postgres's server binaries for private clusters); the dashboard test (tests/dashboard.rs) also needs Debian's chromium, Node.js with npm
 # and the packages of tests/dashboard. Brokers are added here as their triggers land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 # tests/mqtt.rs makes its TLS certificates with the openssl command line.
 command -v openssl >/dev/null || need_apt+=(openssl)
+# tests/postgres.rs starts private clusters (initdb, postgres) from the installed server
+# binaries, as the postgres user (setpriv, util-linux) when it runs as root.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     echo "services.sh: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -775,3 +775,36 @@ subscription = "orders"
         c.stderr
     );
 }
+
+#[test]
+fn postgres_keys_name_their_problem() {
+    let text = r#"[runnables.echo]
+kind = "echo"
+
+[[triggers]]
+name = "cdc"
+kind = "postgres"
+runnable = "echo"
+connection = "host=db user=app sslmode=require"
+slot = "Not-A-Slot"
+tables = ["orders", { table = "public.t", where = "a); DROP TABLE t; --" }]
+granularity = "row"
+status_interval = "0s"
+"#;
+    let c = check("postgres.toml", text);
+    for (marker, key, words) in [
+        ("sslmode", "triggers[0] (cdc).connection", "TLS"),
+        ("Not-A-Slot", "triggers[0] (cdc).slot", "lower-case"),
+        (
+            "status_interval",
+            "triggers[0] (cdc).status_interval",
+            "between 1s and 10m",
+        ),
+    ] {
+        assert_error(&c, line_with(text, marker), key, &[words]);
+    }
+    // Both bad tables are named, on the `tables` line.
+    for key in ["triggers[0] (cdc).tables[0]", "triggers[0] (cdc).tables[1]"] {
+        assert!(c.stderr.contains(key), "{key} not named:\n{}", c.stderr);
+    }
+}

@@ -356,6 +356,10 @@ async fn buffered_bodies_are_bounded_across_requests() {
     })
     .await
     .unwrap();
+    // Let the service take the slow upload's 900 kB first: a probe arriving at the same moment
+    // would hold its own 200 kB then, the slow upload would be refused as busy (and drained),
+    // and no later probe would ever meet a full budget (seen once in CI).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Wait until the service holds it: a second 200 kB body does not fit beside it.
     let body = format!(r#"{{"pad": "{}"}}"#, "x".repeat(200_000)).into_bytes();
     let sig = github_signature(&body);

@@ -19,6 +19,7 @@
 //! | `spawn` | 7 | `true` as a command runnable at runner pool sizes 1, 2, 8 vs raw spawns |
 //! | `sqs` | 13 | 1k messages preloaded in moto: sqs trigger → echo vs raw aws-sdk-sqs client |
 //! | `pubsub` | 13 | 2k messages preloaded in pstest: pubsub trigger → echo vs raw gcloud-pubsub streaming pull |
+//! | `postgres` | 14 | 50k committed rows on a private cluster: postgres trigger → echo vs the raw replication stream |
 //!
 //! Each scenario prints a table and writes `target/bench-results/<name>.json`; millgate's logs
 //! go to `target/bench-results/logs/`. A scenario whose broker is not reachable prints
@@ -36,6 +37,7 @@ mod harness;
 mod kafka;
 mod mqtt;
 mod nats;
+mod postgres;
 mod pubsub;
 mod spawn;
 mod sqs;
@@ -75,6 +77,7 @@ async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {
         "spawn" => spawn::run(ctx).await,
         "sqs" => sqs::run(ctx).await,
         "pubsub" => pubsub::run(ctx).await,
+        "postgres" => postgres::run(ctx).await,
         other => Err(format!("unknown scenario `{other}`")),
     }
 }

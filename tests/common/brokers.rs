@@ -109,6 +109,85 @@ impl BrokerProcess {
         Self::start("tansu", vec![port], dir, None, Box::new(command)).await
     }
 
+    /// A Postgres cluster of its own on a free port, made by the installed binaries
+    /// (`/usr/lib/postgresql/<newest>/bin`) in the broker's temp dir: `wal_level = logical`,
+    /// trust auth for the `postgres` user, its log in `postgres.log`. `initdb` refuses to run as
+    /// root, so as root both it and the server run as the `postgres` user (`setpriv` execs, so
+    /// the child is the postmaster itself and `kill` is a crash).
+    pub async fn postgres() -> Self {
+        Self::postgres_with("logical").await
+    }
+
+    /// [`BrokerProcess::postgres`] with another `wal_level` (to see it refused).
+    pub async fn postgres_with(wal_level: &str) -> Self {
+        let wal_level = format!("wal_level={wal_level}");
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Postgres installed (/usr/lib/postgresql)")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+            .expect("a Postgres version under /usr/lib/postgresql");
+        let as_root = running_as_root();
+        let data = dir.path().join("pgdata");
+        if as_root {
+            chown_to_postgres(dir.path());
+        }
+        let as_postgres = move |program: PathBuf| {
+            if as_root {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        let out = as_postgres(bin.join("initdb"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = dir.path().join("postgres.log");
+        let to = log.clone();
+        let socket_dir = dir.path().to_path_buf();
+        let command = move || {
+            let mut c = as_postgres(bin.join("postgres"));
+            c.arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", &wal_level, "-c", "max_wal_senders=10"])
+                // Keepalives every few seconds: an idle slot's confirmation is seen soon.
+                .args(["-c", "wal_sender_timeout=5s"])
+                .args(["-c", "max_replication_slots=10", "-c", "fsync=off"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", socket_dir.display()))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&to).expect("log file"));
+            c
+        };
+        Self::start("postgres", vec![port], dir, Some(log), Box::new(command)).await
+    }
+
     async fn start(
         name: &'static str,
         ports: Vec<u16>,
@@ -211,4 +290,25 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether this process runs as root (initdb refuses to).
+fn running_as_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Hands `dir` to the `postgres` user, who runs the private cluster inside it.
+fn chown_to_postgres(dir: &Path) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the postgres user exists")
+    };
+    std::os::unix::fs::chown(dir, Some(id("-u")), Some(id("-g"))).expect("chown to postgres");
 }

@@ -45,9 +45,9 @@ fn write(dt: &DateTime<Utc>, buf: &mut [u8; 32]) -> Option<usize> {
     let mut end = at;
     if nanos != 0 {
         buf[end] = b'.';
-        end = if nanos % 1_000_000 == 0 {
+        end = if nanos.is_multiple_of(1_000_000) {
             put(buf, end + 1, nanos / 1_000_000, 3)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             put(buf, end + 1, nanos / 1_000, 6)
         } else {
             put(buf, end + 1, nanos, 9)

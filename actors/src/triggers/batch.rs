@@ -159,7 +159,7 @@ mod tests {
         type Group = bool;
 
         fn group(item: &u32) -> bool {
-            item % 2 == 0
+            item.is_multiple_of(2)
         }
 
         async fn send(&self, group: bool, items: &[u32]) -> Vec<usize> {

@@ -20,6 +20,8 @@ pub mod kind;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "pubsub")]
 pub mod pubsub;
 pub mod push;
@@ -108,6 +110,8 @@ trigger_kinds! {
     "pubsub" => PubSub(pubsub::PubSubConfig),
     #[cfg(feature = "pubsub")]
     "pubsub_push" => PubSubPush(pubsub::PubSubPushConfig),
+    #[cfg(feature = "postgres")]
+    "postgres" => Postgres(postgres::PostgresConfig),
 }
 
 /// Keys every trigger has, whatever its kind (`kind` itself picks the [`TriggerSpec`]).
