@@ -562,15 +562,18 @@ max_in_flight = 2
         t.jobs_of("early").iter().all(|j| !j.status.is_final()),
         "the job should still be running"
     );
-    // Never more than max_in_flight messages taken from the queue at once (plus one whose job
-    // has settled and whose delete may still be on its way when the slot is taken again).
+    // Never more than max_in_flight messages taken from the queue at once, plus the deletes of
+    // those whose jobs just settled: a slot is free once the outcome is durable, and the
+    // message's delete may still be on its way (batched, through moto at ~100 ms a call) when
+    // the slot is taken again. Both jobs started together and settle together: up to two
+    // deletes (seen once in CI with 4 messages invisible).
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut most = 0;
     while Instant::now() < deadline {
         let (_, in_flight) = queue_counts(&c, &bounded).await;
         most = most.max(in_flight);
         assert!(
-            in_flight <= 3,
+            in_flight <= 4,
             "{in_flight} messages taken at max_in_flight = 2"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

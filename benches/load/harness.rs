@@ -469,6 +469,23 @@ path = "{data}"
         Ok(v["counters"].clone())
     }
 
+    /// Waits until `trigger` has `n` succeeded jobs, polling every 50 ms for up to `within`.
+    pub async fn wait_succeeded(&self, trigger: &str, n: u64, within: Duration) -> BenchResult<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let counters = self.counters(trigger).await?;
+            if counters["jobs_succeeded"].as_u64().unwrap_or(0) >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "millgate ran fewer than {n} jobs in {within:?}: {counters}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the trigger's state is `running`.
     pub async fn wait_running(&self, trigger: &str) -> BenchResult<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -63,6 +63,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "pubsub",
         "9. Pub/Sub -> noop vs raw gcloud-pubsub streaming pull",
     ),
+    (
+        "postgres",
+        "10. Postgres CDC -> noop vs the raw replication stream",
+    ),
 ];
 
 async fn run_one(name: &str, ctx: &Ctx) -> BenchResult<Outcome> {

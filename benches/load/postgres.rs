@@ -190,15 +190,21 @@ pub async fn run(ctx: &Ctx) -> BenchResult<Outcome> {
     let pg = cluster(ctx)?;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
     let c = sql(&url).await?;
-    // Both slots exist before the rows are written: both see the same backlog.
-    c.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, payload text);
-         CREATE PUBLICATION bench FOR TABLE t;
-         SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput');
-         SELECT pg_create_logical_replication_slot('bench_mg', 'pgoutput');",
-    )
-    .await
-    .ctx("schema")?;
+    // Both slots exist before the rows are written: both see the same backlog. One statement
+    // each: a slot cannot be made in a transaction that has written.
+    for statement in [
+        "CREATE TABLE t (id int PRIMARY KEY, payload text)",
+        "CREATE PUBLICATION bench FOR TABLE t",
+        "SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')",
+        "SELECT pg_create_logical_replication_slot('bench_mg', 'pgoutput')",
+    ] {
+        c.batch_execute(statement).await.map_err(|e| {
+            let why = e
+                .as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string());
+            format!("{statement}: {why}")
+        })?;
+    }
     let preload_start = Instant::now();
     let txs = (n as usize).div_ceil(TX_ROWS);
     for tx in 0..txs {
@@ -246,19 +252,7 @@ slot = "bench_mg"
     .await?;
     let cpu0 = cpu_secs(m.pid());
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(600);
-    loop {
-        let counters = m.counters("cdc").await?;
-        if counters["jobs_succeeded"].as_u64().unwrap_or(0) >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "millgate ran fewer than {n} jobs in 600 s: {counters}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    m.wait_succeeded("cdc", n, Duration::from_secs(600)).await?;
     let mine = Drain {
         label: "millgate trigger -> echo, slot confirmed after run",
         messages: n,

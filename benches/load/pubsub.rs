@@ -140,19 +140,7 @@ max_in_flight = 1000
     .await?;
     let cpu0 = cpu_secs(m.pid());
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(600);
-    loop {
-        let counters = m.counters("ps").await?;
-        if counters["jobs_succeeded"].as_u64().unwrap_or(0) >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "millgate ran fewer than {n} jobs in 600 s: {counters}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    m.wait_succeeded("ps", n, Duration::from_secs(600)).await?;
     let mg_secs = t0.elapsed().as_secs_f64();
     let mg_cpu_us = cpu_us_per(cpu_secs(m.pid()), cpu0, n);
     let counters = m.wait_drained("ps", Duration::from_secs(60)).await?;
